@@ -1,0 +1,218 @@
+"""Every knob of the engine, as frozen dataclasses with their defaults.
+
+The CLI and the daemon's YAML loader build these objects; nothing below them passes dicts
+around. Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Device = str  # "auto", "cpu", "cuda", "cuda:1", ...
+Precision = Literal["fp32", "bf16", "fp16"]
+Preprocess = Literal["torchvision", "caffe"]
+Pooling = Literal["max", "avg"]
+Optimizer = Literal["lbfgs", "adam"]
+PreserveColors = Literal["none", "luminance", "histogram"]
+Init = Literal["content", "random"]
+
+# Layer names follow the Gatys paper: reluB_N is the N-th ReLU of block B of VGG19.
+DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
+DEFAULT_STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+PREPROCESSES: tuple[str, ...] = ("torchvision", "caffe")
+POOLINGS: tuple[str, ...] = ("max", "avg")
+OPTIMIZERS: tuple[str, ...] = ("lbfgs", "adam")
+PRESERVE_COLORS: tuple[str, ...] = ("none", "luminance", "histogram")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What a resident Stylizer is built with: fixed for the life of the process."""
+
+    device: Device = "auto"  # "auto" takes CUDA when present, else the CPU
+    # A checkpoint file; None looks in torch's hub cache ($TORCH_HOME/hub/checkpoints).
+    weights: Path | None = None
+    # "torchvision": RGB in [0, 1] normalised with ImageNet mean/std (torchvision's checkpoint).
+    # "caffe": BGR in [0, 255] minus the Caffe means (the Caffe-converted VGG19 checkpoint).
+    preprocess: Preprocess = "torchvision"
+    # Autocast precision of the VGG19 passes; Gram matrices and losses stay in fp32.
+    precision: Precision = "fp32"
+    # Fetch the checkpoint into the hub cache when it is missing and none was named.
+    download: bool = True
+    # Style targets kept per process; each entry holds a few Gram matrices (about 1.5 MB).
+    style_cache_size: int = 32
+
+    def __post_init__(self) -> None:
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("preprocess", self.preprocess, PREPROCESSES)
+        if self.style_cache_size < 1:
+            raise ValueError("style_cache_size must be at least 1")
+
+
+@dataclass(frozen=True)
+class StyleImage:
+    """One painting of a style, with its share of the blend."""
+
+    path: Path
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"style weight must be a positive number, got {self.weight!r}")
+
+
+@dataclass(frozen=True)
+class StyleSpec:
+    """A style: one painting, or several blended by weight (weights are normalised to sum 1)."""
+
+    images: tuple[StyleImage, ...]
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise ValueError("a style needs at least one image")
+
+    @classmethod
+    def of(cls, *paths: str | Path, name: str = "") -> StyleSpec:
+        """Equal-weight blend of the given paintings."""
+        return cls(tuple(StyleImage(Path(p)) for p in paths), name=name)
+
+    def normalised_weights(self) -> tuple[float, ...]:
+        total = sum(image.weight for image in self.images)
+        return tuple(image.weight / total for image in self.images)
+
+
+@dataclass(frozen=True)
+class StyleParams:
+    """The settings of one stylization. Every rule of the daemon resolves to one of these."""
+
+    size: int = 512  # long edge of the result, in pixels
+    steps: int = 300  # optimisation steps over all scales together
+    # Coarse-to-fine: the photo is optimised at `scales` sizes, each twice the one before and the
+    # last one `size`; each scale starts from the previous result upsampled.
+    scales: int = 3
+    # Each finer scale gets 1/scale_step_ratio of the steps of the one before it. A step costs
+    # about 4x more per doubling of the edge, so 2.0 spends most steps where they are cheap.
+    scale_step_ratio: float = 2.0
+    min_scale_size: int = 64  # coarser scales than this are skipped: VGG19 sees too little
+    content_weight: float = 1.0
+    # With the normalisation in losses.py, 1e6 balances the two terms as the PyTorch tutorial does.
+    style_weight: float = 1e6
+    # Total variation smooths the high-frequency noise the optimisation leaves behind.
+    tv_weight: float = 1e-3
+    content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
+    style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
+    # Relative weights of style_layers (normalised to sum 1); empty means equal weights.
+    style_layer_weights: tuple[float, ...] = ()
+    # Painting size relative to the photo's working size: >1 gives finer brush strokes.
+    style_scale: float = 1.0
+    pooling: Pooling = "max"  # "avg" gives smoother gradients (Gatys et al.); "max" is the usual
+    optimizer: Optimizer = "lbfgs"
+    learning_rate: float | None = None  # None: 1.0 for L-BFGS, 0.02 for Adam (image in [0, 1])
+    init: Init = "content"
+    init_image: Path | None = None  # starts from this picture instead of `init`
+    seed: int = 0
+    # "luminance": keep the result's luminance and the photo's chroma (the photo's colours).
+    # "histogram": recolour the paintings to the photo's colour statistics before transfer.
+    preserve_colors: PreserveColors = "none"
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.size <= 16384:
+            raise ValueError(f"size must be between 16 and 16384 pixels, got {self.size}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.scales < 1:
+            raise ValueError(f"scales must be at least 1, got {self.scales}")
+        if not self.scale_step_ratio > 0:
+            raise ValueError("scale_step_ratio must be positive")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if not (math.isfinite(self.style_scale) and 0.05 <= self.style_scale <= 8):
+            raise ValueError(f"style_scale must be between 0.05 and 8, got {self.style_scale}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError("learning_rate must be positive")
+        if not self.style_layers:
+            raise ValueError("style_layers must name at least one layer")
+        if not self.content_layers:
+            raise ValueError("content_layers must name at least one layer")
+        if self.style_layer_weights and len(self.style_layer_weights) != len(self.style_layers):
+            raise ValueError("style_layer_weights needs one weight per style layer")
+        if any(not (math.isfinite(w) and w >= 0) for w in self.style_layer_weights):
+            raise ValueError("style_layer_weights must be numbers >= 0")
+        _check_choice("pooling", self.pooling, POOLINGS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("preserve_colors", self.preserve_colors, PRESERVE_COLORS)
+        _check_choice("init", self.init, ("content", "random"))
+        # Imported here: vgg imports torch, and params must stay cheap to import.
+        from engine.vgg import LAYER_NAMES
+
+        for layer in self.content_layers + self.style_layers:
+            if layer not in LAYER_NAMES:
+                raise ValueError(f"unknown VGG19 layer {layer!r}; layers are named like relu4_2")
+
+    def replace(self, **changes: object) -> StyleParams:
+        """A copy with some settings changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1.0 if self.optimizer == "lbfgs" else 0.02
+
+    def layer_weights(self) -> tuple[float, ...]:
+        weights = self.style_layer_weights or (1.0,) * len(self.style_layers)
+        total = sum(weights)
+        if total <= 0:
+            raise ValueError("style_layer_weights must not all be zero")
+        return tuple(w / total for w in weights)
+
+    def schedule(self) -> tuple[tuple[int, int], ...]:
+        """(long edge, steps) per scale, coarsest first; the last is (size, ...)."""
+        sizes = [round(self.size / 2**k) for k in reversed(range(self.scales))]
+        sizes = [s for s in sizes[:-1] if s >= self.min_scale_size] + [self.size]
+        shares = [self.scale_step_ratio ** (len(sizes) - 1 - i) for i in range(len(sizes))]
+        total = sum(shares)
+        steps = [max(1, math.floor(self.steps * share / total)) for share in shares]
+        # Give the rounding remainder to the coarsest scale, where a step is cheapest.
+        steps[0] += max(0, self.steps - sum(steps))
+        return tuple(zip(sizes, steps, strict=True))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One optimisation step done, as reported to a progress callback."""
+
+    scale: int  # 1-based index of the current scale
+    scales: int
+    size: int  # long edge at this scale
+    step: int  # 1-based step within the whole run
+    steps: int  # steps of the whole run
+    loss: float
+    seconds: float  # since the stylization started
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """The parts of the last evaluated loss, for reports and benchmarks."""
+
+    content: float
+    style: float
+    tv: float
+
+    @property
+    def total(self) -> float:
+        return self.content + self.style + self.tv
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

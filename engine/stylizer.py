@@ -1,0 +1,370 @@
+"""The resident Stylizer: VGG19 loaded once per process, style targets cached, photos in and out."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional name
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+
+from engine import color, losses
+from engine.errors import BadImageError, EngineError, OutOfMemoryError, StyleError
+from engine.images import decode, resize_long_edge
+from engine.optimize import Objective, ProgressCallback, StepReport, StopCheck, run_scale
+from engine.params import EngineConfig, LossTerms, StyleParams, StyleSpec
+from engine.vgg import LAYER_INDEX, VGGFeatures, load_vgg19_features, min_input_edge
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Stylized:
+    """One finished photo."""
+
+    image: Image.Image  # RGB, long edge = params.size
+    loss: LossTerms  # at the end, evaluated in fp32
+    steps: int
+    seconds: float  # wall time of the batch it was part of
+    device: str
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else the CPU; an explicit device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise EngineError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineError(f"device {name!r} asked for, but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise EngineError(
+                f"device {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+    return device
+
+
+def working_size(size: tuple[int, int], long_edge: int) -> tuple[int, int]:
+    """(width, height) scaled so that the long edge is `long_edge`, each edge at least 1."""
+    width, height = size
+    scale = long_edge / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def fitted_schedule(
+    size: tuple[int, int], params: StyleParams, min_edge: int
+) -> tuple[tuple[int, int], ...]:
+    """params.schedule() for a photo of this shape: scales whose short edge would be under
+    `min_edge` (the network would pool it away) are dropped and their steps given to the next."""
+    kept: list[tuple[int, int]] = []
+    carried = 0
+    schedule = params.schedule()
+    for long_edge, steps in schedule[:-1]:
+        if min(working_size(size, long_edge)) >= min_edge:
+            kept.append((long_edge, steps + carried))
+            carried = 0
+        else:
+            carried += steps
+    final_edge, final_steps = schedule[-1]
+    short = min(working_size(size, final_edge))
+    if short < min_edge:
+        width, height = size
+        raise BadImageError(
+            f"the photo is {width}x{height}: at size {final_edge} its short edge would be "
+            f"{short} px, and VGG19 needs at least {min_edge}; raise the size setting",
+            reason="too_small",
+        )
+    return (*kept, (final_edge, final_steps + carried))
+
+
+class Stylizer:
+    """Neural style transfer with a resident VGG19.
+
+    Build one per process and device: the constructor loads the network; `stylize()` and
+    `stylize_batch()` do the work. Not thread-safe: one worker thread owns it.
+    """
+
+    def __init__(self, config: EngineConfig | None = None, *, download_progress: bool = False):
+        self.config = config or EngineConfig()
+        self.device = pick_device(self.config.device)
+        precision = self.config.precision
+        if (
+            precision == "bf16"
+            and self.device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()
+        ):
+            raise EngineError("precision bf16 asked for, but this GPU does not support bfloat16")
+        model = load_vgg19_features(
+            self.config.weights,
+            self.config.preprocess,
+            download=self.config.download,
+            progress=download_progress,
+        )
+        self.model: VGGFeatures = model.to(self.device)
+        if self.device.type == "cuda":
+            # cuDNN's fastest kernels want NHWC; autotuning pays off because sizes repeat.
+            self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        self._targets: OrderedDict[Hashable, dict[str, torch.Tensor]] = OrderedDict()
+        # How often style targets were computed rather than found in the cache.
+        self.target_computations = 0
+
+    # -- the small protocol the daemon uses: prepare_style, stylize, close --------------------
+
+    def prepare_style(self, style: StyleSpec, params: StyleParams) -> None:
+        """Load the paintings and compute their targets for every scale now (fails early)."""
+        if params.preserve_colors == "histogram":
+            for image in style.images:  # targets depend on each photo; only check the files
+                _file_identity(image.path)
+                _load_painting(image.path)
+            return
+        for long_edge, _ in params.schedule():
+            self._style_targets(style, params, long_edge, photo=None)
+
+    def stylize(
+        self,
+        content: Image.Image,
+        style: StyleSpec,
+        params: StyleParams,
+        *,
+        progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> Stylized:
+        return self.stylize_batch(
+            [content], style, params, progress=progress, should_stop=should_stop
+        )[0]
+
+    def close(self) -> None:
+        """Free the network and the cached targets (and their GPU memory)."""
+        self._targets.clear()
+        del self.model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- the work ------------------------------------------------------------------------------
+
+    def stylize_batch(
+        self,
+        contents: Sequence[Image.Image],
+        style: StyleSpec,
+        params: StyleParams,
+        *,
+        progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> list[Stylized]:
+        """Stylize photos that share a style; photos of the same working size run as one batch.
+
+        With Adam every photo gets exactly the result it would get alone (the losses are sums over
+        the batch); with L-BFGS the photos share one curvature history, so results differ slightly.
+        """
+        self._check_layers(params)
+        results: list[Stylized | None] = [None] * len(contents)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, content in enumerate(contents):
+            groups.setdefault(working_size(content.size, params.size), []).append(index)
+        for indices in groups.values():
+            images = self._run_group(
+                [contents[i] for i in indices], style, params, progress, should_stop
+            )
+            for index, result in zip(indices, images, strict=True):
+                results[index] = result
+        return [r for r in results if r is not None]
+
+    def _run_group(
+        self,
+        contents: Sequence[Image.Image],
+        style: StyleSpec,
+        params: StyleParams,
+        progress: ProgressCallback | None,
+        should_stop: StopCheck | None,
+    ) -> list[Stylized]:
+        started = time.perf_counter()
+        final = working_size(contents[0].size, params.size)
+        photos = torch.cat(
+            [self._to_tensor(resize_long_edge(c.convert("RGB"), params.size)) for c in contents]
+        )
+        schedule = fitted_schedule(final, params, min_input_edge(_layers(params)))
+        total_steps = sum(steps for _, steps in schedule)
+        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        image: torch.Tensor | None = None
+        done = 0
+        try:
+            for number, (long_edge, steps) in enumerate(schedule, start=1):
+                width, height = working_size(final, long_edge)
+                photo = _resize(photos, height, width)
+                if image is None:
+                    image = self._initial(photo, params, generator)
+                else:
+                    image = _resize(image, height, width).clamp(0, 1)
+                objective = self._objective(photo, style, params, long_edge)
+                report = StepReport(number, len(schedule), long_edge, done, total_steps, started)
+                image = run_scale(
+                    objective, image, steps, report, progress=progress, should_stop=should_stop
+                )
+                done += steps
+            assert image is not None
+            final_loss = objective.evaluate(image)
+            if params.preserve_colors == "luminance":
+                image = color.keep_luminance(image, photos)
+        except torch.OutOfMemoryError as exc:
+            self._release_memory()
+            raise OutOfMemoryError(
+                f"out of memory on {self.device} for {len(contents)} photo(s) at "
+                f"{params.size} px: use a smaller batch or size"
+            ) from exc
+        seconds = time.perf_counter() - started
+        return [
+            Stylized(
+                image=_to_pil(image[i]),
+                loss=final_loss[i],
+                steps=total_steps,
+                seconds=seconds,
+                device=str(self.device),
+            )
+            for i in range(len(contents))
+        ]
+
+    def _initial(
+        self, photo: torch.Tensor, params: StyleParams, generator: torch.Generator
+    ) -> torch.Tensor:
+        if params.init_image is not None:
+            picture = decode(params.init_image).image
+            start = self._to_tensor(picture)
+            return _resize(start, photo.shape[2], photo.shape[3]).expand_as(photo).clone()
+        if params.init == "random":
+            noise = torch.rand(photo.shape, generator=generator)
+            return noise.to(self.device)
+        return photo.clone()
+
+    def _objective(
+        self, photo: torch.Tensor, style: StyleSpec, params: StyleParams, long_edge: int
+    ) -> Objective:
+        with torch.no_grad(), self._autocast():
+            features = self.model(self._layout(photo), params.content_layers, params.pooling)
+        content_targets = {name: f.float() for name, f in features.items()}
+        if params.preserve_colors == "histogram":
+            per_photo = [
+                self._style_targets(style, params, long_edge, photo=photo[i : i + 1])
+                for i in range(photo.shape[0])
+            ]
+            style_targets = {
+                layer: torch.cat([t[layer] for t in per_photo]) for layer in params.style_layers
+            }
+        else:
+            style_targets = self._style_targets(style, params, long_edge, photo=None)
+        return Objective(
+            model=self.model,
+            params=params,
+            content_targets=content_targets,
+            style_targets=style_targets,
+            autocast=self._autocast,
+        )
+
+    def _style_targets(
+        self, style: StyleSpec, params: StyleParams, long_edge: int, photo: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Blended Gram matrices of the paintings at this scale, cached unless photo-dependent."""
+        key = (
+            tuple(_file_identity(image.path) for image in style.images),
+            style.normalised_weights(),
+            round(long_edge * params.style_scale),
+            params.style_layers,
+            params.pooling,
+        )
+        if photo is None and key in self._targets:
+            self._targets.move_to_end(key)
+            return self._targets[key]
+        self.target_computations += 1
+        blended: dict[str, torch.Tensor] = {}
+        style_edge = round(long_edge * params.style_scale)
+        min_edge = min_input_edge(params.style_layers)
+        for image, weight in zip(style.images, style.normalised_weights(), strict=True):
+            picture = _load_painting(image.path)
+            # A wide painting at a small scale is enlarged until its short edge survives the pools.
+            edge = max(style_edge, math.ceil(max(picture.size) * min_edge / min(picture.size)))
+            painting = self._to_tensor(resize_long_edge(picture, edge))
+            if photo is not None:
+                painting = color.match_histogram(painting, photo)
+            with torch.no_grad(), self._autocast():
+                features = self.model(self._layout(painting), params.style_layers, params.pooling)
+            for layer in params.style_layers:
+                g = losses.gram(features[layer]) * weight
+                blended[layer] = blended[layer] + g if layer in blended else g
+        if photo is None:
+            self._targets[key] = blended
+            while len(self._targets) > self.config.style_cache_size:
+                self._targets.popitem(last=False)
+        return blended
+
+    def _check_layers(self, params: StyleParams) -> None:
+        deepest = max(LAYER_INDEX[name] for name in _layers(params))
+        if deepest >= len(self.model.layers):
+            raise EngineError(
+                "a layer deeper than relu5_1 was asked for; the resident network stops there"
+            )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        dtype = _AUTOCAST_DTYPES.get(self.config.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _layout(self, image: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return image.contiguous(memory_format=torch.channels_last)
+        return image
+
+    def _to_tensor(self, picture: Image.Image) -> torch.Tensor:
+        pixels: torch.Tensor = pil_to_tensor(picture.convert("RGB"))
+        return (pixels.float() / 255).unsqueeze(0).to(self.device)
+
+    def _release_memory(self) -> None:
+        self._targets.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _layers(params: StyleParams) -> tuple[str, ...]:
+    return params.content_layers + params.style_layers
+
+
+def _file_identity(path: Path) -> tuple[str, int, int]:
+    """A painting's cache identity: a replaced file (new size or mtime) gets new targets."""
+    try:
+        stat = Path(path).stat()
+    except OSError as exc:
+        raise StyleError(f"style image {path} cannot be read: {exc.strerror or exc}") from exc
+    return (os.fspath(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _load_painting(path: Path) -> Image.Image:
+    """A painting that cannot be decoded is the style's fault, not the photo's."""
+    try:
+        return decode(path).image
+    except BadImageError as exc:
+        raise StyleError(f"style image {path} is unusable: {exc}") from exc
+
+
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if image.shape[2] == height and image.shape[3] == width:
+        return image
+    return F.interpolate(
+        image, size=(height, width), mode="bicubic", align_corners=False, antialias=True
+    )
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    picture: Image.Image = to_pil_image(pixels)
+    return picture

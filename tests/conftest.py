@@ -1,0 +1,79 @@
+"""Shared fixtures: a VGG19 with random weights saved as a real checkpoint, small test images.
+
+Nothing here downloads: the checkpoint is made locally and loaded through the same code path that
+users use (an explicit path, or torch's hub cache under a temporary TORCH_HOME).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from engine.params import EngineConfig
+from engine.stylizer import Stylizer
+from engine.vgg import TORCHVISION_VGG19, build_vgg19_features
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "samples"
+
+
+@pytest.fixture(scope="session")
+def vgg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """torchvision's VGG19 `features` with seeded random weights, saved with the real key layout."""
+    torch.manual_seed(1234)
+    features = build_vgg19_features()
+    state = {f"features.{key}": value for key, value in features.state_dict().items()}
+    path = tmp_path_factory.mktemp("weights") / "vgg19-random.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty TORCH_HOME: torch's hub cache lives under it."""
+    home = tmp_path / "torch-home"
+    home.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def hub_cached(torch_home: Path, vgg_checkpoint: Path) -> Path:
+    """The random checkpoint placed where torch's hub cache keeps torchvision's VGG19."""
+    target = torch_home / "hub" / "checkpoints" / TORCHVISION_VGG19.filename
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(vgg_checkpoint, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def stylizer(vgg_checkpoint: Path) -> Stylizer:
+    """One resident CPU Stylizer for the session, as the daemon keeps one."""
+    return Stylizer(EngineConfig(device="cpu", weights=vgg_checkpoint, download=False))
+
+
+@pytest.fixture(scope="session")
+def style_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two small paintings made from the bundled samples (fast to decode at test sizes)."""
+    folder = tmp_path_factory.mktemp("styles")
+    out = []
+    for name in ("starry_night.jpg", "the_scream.jpg"):
+        with Image.open(SAMPLES / name) as im:
+            small = im.convert("RGB")
+            small.thumbnail((96, 96))
+        path = folder / name
+        small.save(path, quality=95)
+        out.append(path)
+    return out[0], out[1]
+
+
+@pytest.fixture(scope="session")
+def photo() -> Image.Image:
+    with Image.open(SAMPLES / "chelsea.png") as im:
+        picture = im.convert("RGB")
+    picture.thumbnail((96, 96))
+    return picture
