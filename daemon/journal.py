@@ -1,0 +1,770 @@
+"""The job journal: SQLite in the state folder, written through, one row per unit of work.
+
+A job is keyed by (source, fingerprint, rule, style, settings_hash): the same content under the
+same rule and settings is processed once, whatever happens to the file's metadata or to the
+daemon. The journal is the only memory of the service, so it refuses to guess: a corrupted, newer
+or foreign database, or one in use by another daemon, raises JournalError instead of being
+replaced by an empty one.
+
+Times: `created` and `updated` are wall-clock epoch seconds for humans. `now`, `not_before` and
+`retry_at` are wall-clock epoch seconds too (not monotonic): they are stored, and a monotonic
+reading means nothing after a reboot. They are parameters so tests control them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import fcntl
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import structlog
+
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "JOURNAL_NAME",
+    "LOCK_NAME",
+    "SCHEMA_VERSION",
+    "Job",
+    "JobSpec",
+    "JobState",
+    "Journal",
+    "JournalError",
+    "SourceChangedError",
+    "backoff_seconds",
+    "hash_file",
+]
+
+log = structlog.get_logger()
+
+JOURNAL_NAME = "journal.sqlite3"
+LOCK_NAME = "lock"
+SCHEMA_VERSION = 1
+DEFAULT_MAX_ATTEMPTS = 5
+# Long enough to ride out a `stylewatch status` or `retry` in another process holding the write
+# lock for a moment; short enough that a stuck one is reported instead of hanging the daemon.
+BUSY_TIMEOUT_SECONDS = 5.0
+_CHUNK = 1 << 20
+
+_SCHEMA = """
+CREATE TABLE jobs (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    source        TEXT    NOT NULL,
+    fingerprint   TEXT    NOT NULL,
+    rule          INTEGER NOT NULL,
+    style         TEXT    NOT NULL,
+    settings_hash TEXT    NOT NULL,
+    output        TEXT    NOT NULL,
+    state         TEXT    NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    error_kind    TEXT,
+    not_before    REAL    NOT NULL DEFAULT 0,
+    seq           INTEGER NOT NULL,  -- arrival order; renewed when a job is queued again by hand
+    created       REAL    NOT NULL,
+    updated       REAL    NOT NULL,
+    UNIQUE (source, fingerprint, rule, style, settings_hash)
+);
+CREATE INDEX jobs_by_state ON jobs (state, seq);
+CREATE TABLE fingerprints (
+    source      TEXT PRIMARY KEY,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    ctime_ns    INTEGER NOT NULL,
+    inode       INTEGER NOT NULL,
+    fingerprint TEXT    NOT NULL
+);
+CREATE TABLE outputs (
+    output      TEXT PRIMARY KEY,  -- the relative path handed out
+    wanted      TEXT NOT NULL,     -- the relative path the rule asked for
+    source      TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    claimed     REAL NOT NULL,
+    UNIQUE (wanted, source, fingerprint)
+);
+"""
+
+
+class JournalError(Exception):
+    """The journal cannot be used: locked, corrupted, from a newer version, or failing I/O."""
+
+
+class SourceChangedError(Exception):
+    """The source changed while it was being fingerprinted: track it again until it settles."""
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the watcher asks for: process this content of this source under this rule."""
+
+    source: str  # path relative to the input root, POSIX separators
+    fingerprint: str
+    rule: int  # index of the rule in the config
+    style: str
+    settings_hash: str  # hash of the resolved StyleParams and output settings
+    output: str  # planned output path, relative to the output root
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    source: str
+    fingerprint: str
+    rule: int
+    style: str
+    settings_hash: str
+    output: str  # planned output until done, then the path actually written
+    state: JobState
+    attempts: int
+    last_error: str | None
+    error_kind: str | None
+    not_before: float
+    created: float
+    updated: float
+
+
+_JOB_COLUMNS = (
+    "id, source, fingerprint, rule, style, settings_hash, output, state, attempts, last_error,"
+    " error_kind, not_before, created, updated"
+)
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    return Job(
+        id=row[0],
+        source=row[1],
+        fingerprint=row[2],
+        rule=row[3],
+        style=row[4],
+        settings_hash=row[5],
+        output=row[6],
+        state=JobState(row[7]),
+        attempts=row[8],
+        last_error=row[9],
+        error_kind=row[10],
+        not_before=row[11],
+        created=row[12],
+        updated=row[13],
+    )
+
+
+def backoff_seconds(
+    attempt: int, *, base: float = 5.0, factor: float = 3.0, cap: float = 600.0
+) -> float:
+    """Wait before retry number `attempt` (1-based): 5 s, 15 s, 45 s, ... at most 10 minutes.
+
+    No jitter: jitter spreads many clients hammering one server, and here one daemon retries
+    its own jobs. Fixed delays are predictable to a user reading `stylewatch status`.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt is 1-based, got {attempt}")
+    # min() before the power would be wrong, but the exponent is clamped so it cannot overflow.
+    return float(min(cap, base * factor ** min(attempt - 1, 64)))
+
+
+def hash_file(path: Path) -> str:
+    """sha256 of the file's content, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _variant(wanted: str, n: int) -> str:
+    """`a/photo.jpg`, 2 -> `a/photo~2.jpg`."""
+    p = PurePosixPath(wanted)
+    return str(p.with_name(f"{p.stem}~{n}{p.suffix}"))
+
+
+class Journal:
+    """The job journal of one state folder. Open it with Journal.open().
+
+    One connection guarded by a lock: safe for the worker thread writing and other threads
+    reading. Other processes (`stylewatch status`, `retry`) open it with exclusive=False and
+    share it through SQLite's own locking.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        lock_file: IO[str] | None,
+        *,
+        max_attempts: int,
+        wall: Callable[[], float],
+    ) -> None:
+        self._conn = conn
+        self._path = path
+        self._lock_file = lock_file
+        self._max_attempts = max_attempts
+        self._wall = wall
+        self._mutex = threading.RLock()
+
+    # ---- opening and closing ------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: Path,
+        *,
+        exclusive: bool = True,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        wall: Callable[[], float] = time.time,
+    ) -> Journal:
+        """Open (and with exclusive=True create) `state_dir/journal.sqlite3`.
+
+        exclusive=True is the daemon: it takes an exclusive lock on `state_dir/lock` so two
+        daemons never share a journal, and creates or upgrades the schema. exclusive=False is for
+        the CLI reading a running daemon's journal: no lock file, and the journal must exist.
+        """
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        path = state_dir / JOURNAL_NAME
+        lock_file: IO[str] | None = None
+        if exclusive:
+            try:
+                state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise JournalError(f"cannot create the state folder {state_dir}: {exc}") from exc
+            lock_file = _lock(state_dir / LOCK_NAME)
+        elif not path.is_file():
+            raise JournalError(
+                f"no journal at {path}: the daemon has not run with this state folder yet"
+            )
+        try:
+            conn = _connect(path, create=exclusive)
+        except BaseException:
+            if lock_file is not None:
+                lock_file.close()
+            raise
+        journal = cls(conn, path, lock_file, max_attempts=max_attempts, wall=wall)
+        log.debug("journal_opened", path=str(path), exclusive=exclusive)
+        return journal
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def max_attempts(self) -> int:
+        return self._max_attempts
+
+    def close(self) -> None:
+        """Close the connection and release the state folder's lock. Idempotent."""
+        with self._mutex:
+            self._conn.close()
+            if self._lock_file is not None:
+                self._lock_file.close()  # closing the descriptor releases the flock
+                self._lock_file = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---- jobs -----------------------------------------------------------------------------------
+
+    def enqueue(self, spec: JobSpec) -> Job | None:
+        """Queue a job; None when its key is already known (queued, running, done or failed).
+
+        A cancelled job with the same key (its source vanished, then came back) is queued again.
+        """
+        now = self._wall()
+        key = (spec.source, spec.fingerprint, spec.rule, spec.style, spec.settings_hash)
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT id, state FROM jobs WHERE source = ? AND fingerprint = ? AND rule = ?"
+                " AND style = ? AND settings_hash = ?",
+                key,
+            ).fetchone()
+            if row is None:
+                cur.execute(
+                    "INSERT INTO jobs (source, fingerprint, rule, style, settings_hash, output,"
+                    " state, seq, created, updated)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*key, spec.output, JobState.QUEUED.value, _next_seq(cur), now, now),
+                )
+                job_id = cur.lastrowid
+            elif row[1] == JobState.CANCELLED.value:
+                job_id = row[0]
+                cur.execute(
+                    "UPDATE jobs SET state = ?, output = ?, attempts = 0, last_error = NULL,"
+                    " error_kind = NULL, not_before = 0, seq = ?, updated = ? WHERE id = ?",
+                    (JobState.QUEUED.value, spec.output, _next_seq(cur), now, job_id),
+                )
+            else:
+                return None
+            assert job_id is not None
+            return _fetch(cur, job_id)
+
+    def take(self, limit: int, now: float) -> list[Job]:
+        """Start up to `limit` jobs: the oldest due one and more of its style and settings.
+
+        Jobs come in arrival order; the batch holds only jobs with the same style and
+        settings_hash as the first, since the engine batches photos that share a style target.
+        They are marked RUNNING with one more attempt, in one transaction.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        stamp = self._wall()
+        with self._tx() as cur:
+            first = cur.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? AND not_before <= ?"
+                " ORDER BY seq LIMIT 1",
+                (JobState.QUEUED.value, now),
+            ).fetchone()
+            if first is None:
+                return []
+            head = _job(first)
+            ids = [head.id] + [
+                r[0]
+                for r in cur.execute(
+                    "SELECT id FROM jobs WHERE state = ? AND not_before <= ? AND style = ?"
+                    " AND settings_hash = ? AND id != ? ORDER BY seq LIMIT ?",
+                    (
+                        JobState.QUEUED.value,
+                        now,
+                        head.style,
+                        head.settings_hash,
+                        head.id,
+                        limit - 1,
+                    ),
+                )
+            ]
+            cur.executemany(
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ? WHERE id = ?",
+                [(JobState.RUNNING.value, stamp, job_id) for job_id in ids],
+            )
+            return [_fetch(cur, job_id) for job_id in ids]
+
+    def mark_done(self, job_id: int, output: str) -> Job:
+        """A running job wrote `output` (relative to the output root)."""
+        with self._tx() as cur:
+            self._require(cur, job_id, JobState.RUNNING)
+            cur.execute(
+                "UPDATE jobs SET state = ?, output = ?, last_error = NULL, error_kind = NULL,"
+                " updated = ? WHERE id = ?",
+                (JobState.DONE.value, output, self._wall(), job_id),
+            )
+            return _fetch(cur, job_id)
+
+    def mark_failed(
+        self, job_id: int, error: str, kind: str, *, permanent: bool, retry_at: float | None
+    ) -> Job:
+        """A running job failed. Returns the job as it now stands (QUEUED again, or FAILED).
+
+        permanent (a bad photo): FAILED for good. Otherwise it is queued again, not before
+        `retry_at`, unless it has used up max_attempts.
+        """
+        with self._tx() as cur:
+            job = self._require(cur, job_id, JobState.RUNNING)
+            give_up = permanent or job.attempts >= self._max_attempts
+            state = JobState.FAILED if give_up else JobState.QUEUED
+            cur.execute(
+                "UPDATE jobs SET state = ?, last_error = ?, error_kind = ?, not_before = ?,"
+                " updated = ? WHERE id = ?",
+                (
+                    state.value,
+                    error,
+                    kind,
+                    0.0 if give_up or retry_at is None else retry_at,
+                    self._wall(),
+                    job_id,
+                ),
+            )
+            return _fetch(cur, job_id)
+
+    def release(self, job_id: int) -> Job:
+        """Put a running job back in the queue without counting the attempt (shutdown, or a
+        batch split after running out of GPU memory)."""
+        with self._tx() as cur:
+            self._require(cur, job_id, JobState.RUNNING)
+            cur.execute(
+                "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), updated = ?"
+                " WHERE id = ?",
+                (JobState.QUEUED.value, self._wall(), job_id),
+            )
+            return _fetch(cur, job_id)
+
+    def cancel(self, job_id: int, reason: str) -> bool:
+        """Cancel a queued or running job (its source was removed). False when it had ended."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE jobs SET state = ?, last_error = ?, error_kind = 'cancelled', updated = ?"
+                " WHERE id = ? AND state IN (?, ?)",
+                (
+                    JobState.CANCELLED.value,
+                    reason,
+                    self._wall(),
+                    job_id,
+                    JobState.QUEUED.value,
+                    JobState.RUNNING.value,
+                ),
+            )
+            return cur.rowcount == 1
+
+    def cancel_source(self, source: str, reason: str) -> int:
+        """Cancel every queued job of `source` (the watcher saw it deleted). Returns how many."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE jobs SET state = ?, last_error = ?, error_kind = 'cancelled', updated = ?"
+                " WHERE source = ? AND state = ?",
+                (JobState.CANCELLED.value, reason, self._wall(), source, JobState.QUEUED.value),
+            )
+            return cur.rowcount
+
+    def recover(self) -> int:
+        """At start-up: jobs left RUNNING by a crash go back to the queue. Returns how many.
+
+        The interrupted attempt still counts, so a photo that kills the process every time (a
+        decoder crash, the kernel's OOM killer) ends FAILED after max_attempts instead of
+        looping forever.
+        """
+        stamp = self._wall()
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE jobs SET state = ?, last_error = ?, error_kind = 'interrupted',"
+                " not_before = 0, updated = ? WHERE state = ? AND attempts >= ?",
+                (
+                    JobState.FAILED.value,
+                    "the daemon stopped while running this job too many times",
+                    stamp,
+                    JobState.RUNNING.value,
+                    self._max_attempts,
+                ),
+            )
+            given_up = cur.rowcount
+            cur.execute(
+                "UPDATE jobs SET state = ?, updated = ? WHERE state = ?",
+                (JobState.QUEUED.value, stamp, JobState.RUNNING.value),
+            )
+            requeued = cur.rowcount
+        if requeued or given_up:
+            log.warning("journal_recovered", requeued=requeued, failed=given_up)
+        return requeued
+
+    def retry_failed(self) -> int:
+        """Queue every FAILED job again with fresh attempts (`stylewatch retry`)."""
+        with self._tx() as cur:
+            ids = [
+                r[0]
+                for r in cur.execute(
+                    "SELECT id FROM jobs WHERE state = ? ORDER BY seq", (JobState.FAILED.value,)
+                )
+            ]
+            seq = _next_seq(cur)
+            cur.executemany(
+                "UPDATE jobs SET state = ?, attempts = 0, not_before = 0, seq = ?, updated = ?"
+                " WHERE id = ?",
+                [
+                    (JobState.QUEUED.value, seq + i, self._wall(), job_id)
+                    for i, job_id in enumerate(ids)
+                ],
+            )
+            return len(ids)
+
+    # ---- reading --------------------------------------------------------------------------------
+
+    def job(self, job_id: int) -> Job:
+        with self._read() as cur:
+            return _fetch(cur, job_id)
+
+    def jobs(self, state: JobState | None = None) -> list[Job]:
+        """Jobs in arrival order, all of them or those in one state."""
+        with self._read() as cur:
+            if state is None:
+                rows = cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq")
+            else:
+                rows = cur.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY seq",
+                    (state.value,),
+                )
+            return [_job(r) for r in rows]
+
+    def counts(self) -> dict[JobState, int]:
+        """Jobs per state; every state is present."""
+        with self._read() as cur:
+            found = dict(cur.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        return {state: found.get(state.value, 0) for state in JobState}
+
+    def recent_failures(self, n: int) -> list[Job]:
+        """The `n` most recently failed jobs, newest first."""
+        with self._read() as cur:
+            rows = cur.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY updated DESC, id DESC"
+                " LIMIT ?",
+                (JobState.FAILED.value, n),
+            )
+            return [_job(r) for r in rows]
+
+    def queued_count(self) -> int:
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)
+            ).fetchone()
+        return int(row[0])
+
+    def next_due(self) -> float | None:
+        """The earliest not_before among queued jobs (0.0: due now); None when none is queued."""
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT MIN(not_before) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    # ---- fingerprints and outputs -----------------------------------------------------------
+
+    def fingerprint(self, source: str, path: Path) -> str:
+        """sha256 of `path`'s content, cached under `source` while its stat is unchanged.
+
+        The cache is keyed on size, mtime, ctime and inode: ctime moves on every write, even
+        one that restores the old mtime (`cp -p`), so new content is never missed. A
+        metadata-only touch misses the cache, hashes again and finds the same fingerprint, so
+        it maps to the same job and is not processed again.
+        Raises SourceChangedError when the file changes while being read, OSError when it
+        cannot be read.
+        """
+        before = path.stat()
+        key = (before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino)
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT size, mtime_ns, ctime_ns, inode, fingerprint FROM fingerprints"
+                " WHERE source = ?",
+                (source,),
+            ).fetchone()
+        if row is not None and tuple(row[:4]) == key:
+            return str(row[4])
+        digest = hash_file(path)
+        after = path.stat()
+        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino) != key:
+            raise SourceChangedError(f"{path} changed while it was being read")
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT OR REPLACE INTO fingerprints"
+                " (source, size, mtime_ns, ctime_ns, inode, fingerprint) VALUES (?, ?, ?, ?, ?, ?)",
+                (source, *key, digest),
+            )
+        return digest
+
+    def claim_output(
+        self,
+        wanted: str,
+        source: str,
+        fingerprint: str,
+        *,
+        taken: Callable[[str], bool] | None = None,
+    ) -> str:
+        """The output path to write for this content of `source`, recorded so it stays stable.
+
+        The same (source, fingerprint) always gets the same answer back. Other content, of
+        this source (a camera counter reset reusing a name) or of another, gets the first free
+        variant, `name~2.jpg`, `name~3.jpg`, ..., so earlier outputs are kept. `taken` may say
+        that a path is occupied on disk by a file the journal does not know of.
+        """
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT output FROM outputs WHERE wanted = ? AND source = ? AND fingerprint = ?",
+                (wanted, source, fingerprint),
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            n = 1
+            while True:
+                candidate = wanted if n == 1 else _variant(wanted, n)
+                known = cur.execute(
+                    "SELECT 1 FROM outputs WHERE output = ?", (candidate,)
+                ).fetchone()
+                if known is None and not (taken is not None and taken(candidate)):
+                    break
+                n += 1
+            cur.execute(
+                "INSERT INTO outputs (output, wanted, source, fingerprint, claimed)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (candidate, wanted, source, fingerprint, self._wall()),
+            )
+            return candidate
+
+    def output_owner(self, output: str) -> tuple[str, str] | None:
+        """(source, fingerprint) that claimed `output`, or None: lets the worker recognise an
+        output it wrote before a crash and mark the job done instead of doing it twice."""
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT source, fingerprint FROM outputs WHERE output = ?", (output,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    # ---- plumbing -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction. BEGIN IMMEDIATE takes the write lock up front, so a
+        read-then-write never fails half-way on a lock held by another process."""
+        with self._mutex, self._translated():
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Cursor]:
+        with self._mutex, self._translated():
+            yield self._conn.cursor()
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except (sqlite3.ProgrammingError, sqlite3.IntegrityError):
+            raise  # our own bugs: keep their type and traceback
+        except sqlite3.DatabaseError as exc:
+            raise _explain(self._path, exc) from exc
+
+    def _require(self, cur: sqlite3.Cursor, job_id: int, state: JobState) -> Job:
+        job = _fetch(cur, job_id)
+        if job.state is not state:
+            raise JournalError(f"job {job_id} is {job.state.value}, not {state.value}")
+        return job
+
+
+def _fetch(cur: sqlite3.Cursor, job_id: int) -> Job:
+    row = cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise KeyError(f"no job {job_id} in the journal")
+    return _job(row)
+
+
+def _next_seq(cur: sqlite3.Cursor) -> int:
+    return int(cur.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0])
+
+
+def _lock(path: Path) -> IO[str]:
+    """Hold an exclusive flock on `path` for the life of the returned file."""
+    try:
+        f = path.open("a+", encoding="utf-8")
+    except OSError as exc:
+        raise JournalError(f"cannot open the lock file {path}: {exc}") from exc
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise JournalError(
+                f"another stylewatch daemon{who} is using the state folder {path.parent}"
+                f" (it holds {path}); stop it, or give this one another state folder"
+            ) from exc
+        raise JournalError(f"cannot lock {path}: {exc}") from exc
+    # The pid is for the message above only; the lock itself is the flock.
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; _tx() opens them explicitly.
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+    )
+    try:
+        _prepare(conn, path, create=create)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
+    try:
+        # Read-only checks first: a damaged or foreign file must be left exactly as it is.
+        problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise JournalError(_corrupt_message(path, "; ".join(problems[:3])))
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"{path} was written by a newer stylewatch (journal schema {version}; this one"
+                f" knows up to {SCHEMA_VERSION}): upgrade stylewatch, or move the file aside"
+            )
+        if version == 0 and tables:
+            raise JournalError(
+                f"{path} is an SQLite database but not a stylewatch journal: move it aside"
+            )
+        if version == 0 and not create:
+            raise JournalError(f"{path} is empty: the daemon has not started with it yet")
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        # WAL lets `stylewatch status` read while the worker writes.
+        if create:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("journal_not_wal", path=str(path), mode=mode)
+        # FULL: each commit is on disk before we go on, so a power cut cannot forget a job that
+        # was marked done and redo it. A commit per photo makes the fsync cost invisible.
+        conn.execute("PRAGMA synchronous = FULL")
+        if version == 0:
+            _create_schema(conn)
+            log.info("journal_created", path=str(path))
+    except sqlite3.DatabaseError as exc:
+        raise _explain(path, exc) from exc
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    # One transaction: a crash half-way leaves version 0 and no tables, and the next start
+    # creates them again.
+    try:
+        conn.executescript(
+            f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
+        )
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _corrupt_message(path: Path, detail: str) -> str:
+    return (
+        f"the journal {path} is damaged ({detail}). It was left untouched: stop stylewatch,"
+        f" move it aside (with any {path.name}-wal and -shm files) and start again to begin a"
+        " new journal; photos already processed will then be processed again"
+    )
+
+
+def _explain(path: Path, exc: sqlite3.DatabaseError) -> JournalError:
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return JournalError(
+            f"the journal {path} is locked by another process (waited"
+            f" {BUSY_TIMEOUT_SECONDS:g} s): {exc}"
+        )
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return JournalError(_corrupt_message(path, str(exc)))
+    if name.startswith("SQLITE_FULL"):
+        return JournalError(f"the disk holding the journal {path} is full: {exc}")
+    return JournalError(f"the journal {path} failed: {exc}")
