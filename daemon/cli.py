@@ -1,0 +1,268 @@
+"""`stylewatch` command line. The only place in the project that calls sys.exit."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from engine import params as engine_params
+
+
+class ExitCode(enum.IntEnum):
+    """sysexits.h codes, so that systemd and scripts can tell failures apart."""
+
+    OK = 0
+    USAGE = 64  # a bad setting on the command line
+    DATAERR = 65  # a photo or painting that cannot be used
+    NOINPUT = 66  # an input file that does not exist
+    SOFTWARE = 70  # a bug, or the optimisation broke down (NaN)
+    CANTCREAT = 73  # the output cannot be written
+    TEMPFAIL = 75  # out of memory: a smaller size may work
+    CONFIG = 78  # missing weights or a bad config: fix the setup, restarting will not help
+
+
+class CliError(Exception):
+    """A failure to report as one line, with its exit code."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stylewatch",
+        description="Turn photos into artworks by neural style transfer (VGG19, Gatys et al.).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    one = commands.add_parser(
+        "stylize",
+        help="stylize one photo now",
+        description="Stylize one photo with one painting (or a blend of several) and write it.",
+    )
+    one.add_argument("content", type=Path, help="the photo")
+    one.add_argument(
+        "-s",
+        "--style",
+        type=Path,
+        action="append",
+        required=True,
+        dest="styles",
+        metavar="STYLE",
+        help="a painting; repeat to blend several",
+    )
+    one.add_argument(
+        "--blend",
+        type=_weights,
+        metavar="W,W,...",
+        help="blend weights of the paintings, in order (default: equal)",
+    )
+    one.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="the result; its suffix (.jpg, .png, .webp) picks the format",
+    )
+    defaults = engine_params.StyleParams()
+    one.add_argument("--size", type=int, help=f"long edge in pixels (default {defaults.size})")
+    one.add_argument(
+        "--steps", type=int, help=f"optimisation steps over all scales (default {defaults.steps})"
+    )
+    one.add_argument(
+        "--scales",
+        type=int,
+        help=f"coarse-to-fine scales, each twice the last (default {defaults.scales})",
+    )
+    one.add_argument(
+        "--style-weight",
+        type=float,
+        help=f"weight of the style loss (default {defaults.style_weight:g})",
+    )
+    one.add_argument(
+        "--content-weight",
+        type=float,
+        help=f"weight of the content loss (default {defaults.content_weight:g})",
+    )
+    one.add_argument(
+        "--tv-weight",
+        type=float,
+        help=f"weight of the smoothness loss (default {defaults.tv_weight:g})",
+    )
+    one.add_argument(
+        "--style-scale",
+        type=float,
+        help=f"painting size relative to the photo (default {defaults.style_scale:g})",
+    )
+    one.add_argument("--optimizer", choices=engine_params.OPTIMIZERS)
+    one.add_argument("--init", choices=("content", "random"))
+    one.add_argument("--pooling", choices=engine_params.POOLINGS)
+    one.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
+    one.add_argument(
+        "--preserve-colors",
+        nargs="?",
+        const="luminance",
+        choices=("luminance", "histogram"),
+        help="keep the photo's colours (default method: luminance)",
+    )
+    one.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    one.add_argument(
+        "--precision",
+        choices=engine_params.PRECISIONS,
+        default="fp32",
+        help="autocast precision of the network (default fp32)",
+    )
+    one.add_argument(
+        "--weights", type=Path, help="VGG19 checkpoint file (default: torch's hub cache)"
+    )
+    one.add_argument(
+        "--preprocess",
+        choices=engine_params.PREPROCESSES,
+        default="torchvision",
+        help="torchvision for torchvision's checkpoint, caffe for the Caffe one",
+    )
+    one.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never download the weights; fail with where to put them instead",
+    )
+    one.add_argument("--quality", type=int, default=92, help="JPEG/WebP quality 1-100 (default 92)")
+    one.set_defaults(handler=_stylize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.handler(args)
+    except CliError as exc:
+        sys.stderr.write(f"stylewatch: error: {exc}\n")
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        sys.stderr.write("stylewatch: interrupted\n")
+        sys.exit(130)
+    sys.exit(code)
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}"
+        ) from None
+
+
+def _style_params(args: argparse.Namespace) -> engine_params.StyleParams:
+    given: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in (
+            "size",
+            "steps",
+            "scales",
+            "style_weight",
+            "content_weight",
+            "tv_weight",
+            "style_scale",
+            "optimizer",
+            "init",
+            "pooling",
+            "seed",
+            "preserve_colors",
+        )
+        if getattr(args, name) is not None
+    }
+    try:
+        return engine_params.StyleParams(**given)
+    except ValueError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from exc
+
+
+def _style_spec(args: argparse.Namespace) -> engine_params.StyleSpec:
+    paths: list[Path] = args.styles
+    blend: tuple[float, ...] = args.blend or (1.0,) * len(paths)
+    if len(blend) != len(paths):
+        raise CliError(f"--blend has {len(blend)} weights for {len(paths)} styles", ExitCode.USAGE)
+    try:
+        images = tuple(engine_params.StyleImage(p, w) for p, w in zip(paths, blend, strict=True))
+        return engine_params.StyleSpec(images)
+    except ValueError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from exc
+
+
+def _stylize(args: argparse.Namespace) -> int:
+    # Imported here so that `stylewatch --help` answers without loading torch.
+    from daemon.outputs import write_atomic
+    from engine import errors, images
+    from engine.stylizer import Stylizer
+
+    params = _style_params(args)
+    style = _style_spec(args)
+    for path in [args.content, *args.styles]:
+        if not path.is_file():
+            raise CliError(f"{path}: no such file", ExitCode.NOINPUT)
+    try:
+        fmt = images.format_for_suffix(args.output.suffix)
+    except ValueError as exc:
+        raise CliError(f"{args.output}: {exc}", ExitCode.USAGE) from exc
+    if not 1 <= args.quality <= 100:
+        raise CliError("--quality must be between 1 and 100", ExitCode.USAGE)
+    try:
+        config = engine_params.EngineConfig(
+            device=args.device,
+            weights=args.weights,
+            preprocess=args.preprocess,
+            precision=args.precision,
+            download=not args.no_download,
+        )
+        decoded = images.decode(args.content)
+        stylizer = Stylizer(config, download_progress=sys.stderr.isatty())
+        with _ProgressBar(params.steps) as bar:
+            result = stylizer.stylize(decoded.image, style, params, progress=bar.update)
+        data = images.encode(result.image, fmt, quality=args.quality, metadata=decoded.metadata)
+    except errors.WeightsError as exc:
+        raise CliError(str(exc), ExitCode.CONFIG) from exc
+    except (errors.BadImageError, errors.StyleError) as exc:
+        raise CliError(str(exc), ExitCode.DATAERR) from exc
+    except errors.OutOfMemoryError as exc:
+        raise CliError(str(exc), ExitCode.TEMPFAIL) from exc
+    except errors.NumericalError as exc:
+        raise CliError(str(exc), ExitCode.SOFTWARE) from exc
+    except errors.EngineError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from exc
+    try:
+        write_atomic(args.output, data, overwrite=True)
+    except OSError as exc:
+        raise CliError(
+            f"cannot write {args.output}: {exc.strerror or exc}", ExitCode.CANTCREAT
+        ) from exc
+    width, height = result.image.size
+    sys.stdout.write(
+        f"{args.output}: {width}x{height}, {result.steps} steps in {result.seconds:.1f} s "
+        f"on {result.device}, loss {result.loss.total:.4g}\n"
+    )
+    return ExitCode.OK
+
+
+class _ProgressBar:
+    """A tqdm bar on a terminal; silent otherwise (logs and pipes want no carriage returns)."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, unit="step", disable=not sys.stderr.isatty(), leave=False)
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()
+
+    def update(self, progress: engine_params.Progress) -> None:
+        self._bar.set_postfix_str(f"{progress.size}px loss {progress.loss:.4g}", refresh=False)
+        self._bar.update(progress.step - self._bar.n)
