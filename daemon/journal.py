@@ -500,6 +500,17 @@ class Journal:
                 )
             return [_job(r) for r in rows]
 
+    def has_done(self, source: str, fingerprint: str, rule: int, style: str) -> bool:
+        """Whether this content of `source` was already stylized by this rule in this style,
+        under any settings: changed settings apply to new photos, not to those already done."""
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT 1 FROM jobs WHERE source = ? AND fingerprint = ? AND rule = ? AND style = ?"
+                " AND state = ?",
+                (source, fingerprint, rule, style, JobState.DONE.value),
+            ).fetchone()
+        return row is not None
+
     def counts(self) -> dict[JobState, int]:
         """Jobs per state; every state is present."""
         with self._read() as cur:

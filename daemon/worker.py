@@ -1,0 +1,282 @@
+"""The worker: takes queued jobs in batches, stylizes them, writes outputs, classifies failures."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Protocol
+
+import structlog
+from PIL import Image
+
+from daemon import rules
+from daemon.config import Config
+from daemon.journal import Job, Journal, backoff_seconds
+from daemon.outputs import write_atomic
+from engine import errors as engine_errors
+from engine import images
+from engine.params import Progress, StyleParams, StyleSpec
+from engine.stylizer import Stylized
+
+log = structlog.get_logger()
+
+PROGRESS_LOG_SECONDS = 10.0  # at most one progress line per job this often
+
+
+class Engine(Protocol):
+    """What the daemon needs of the engine; engine.Stylizer is the real one."""
+
+    def prepare_style(self, style: StyleSpec, params: StyleParams) -> None: ...
+
+    def stylize_batch(
+        self,
+        contents: Sequence[Image.Image],
+        style: StyleSpec,
+        params: StyleParams,
+        *,
+        progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[Stylized]: ...
+
+    def close(self) -> None: ...
+
+
+# Engine failures of a whole batch: (type, kind recorded in the journal, permanent?).
+_BATCH_FAILURES: tuple[tuple[type[Exception], str, bool], ...] = (
+    (engine_errors.BadImageError, "bad_image", True),  # e.g. a photo too thin for the network
+    (engine_errors.NumericalError, "numerical", True),  # NaN: the same inputs give it again
+    (engine_errors.StyleError, "style", False),  # the painting may be fixed or come back
+)
+
+
+def _classify(exc: Exception) -> tuple[str, bool]:
+    for kind_type, kind, permanent in _BATCH_FAILURES:
+        if isinstance(exc, kind_type):
+            return kind, permanent
+    return "internal", False  # unknown: retried with backoff, up to max_attempts
+
+
+def settings_hash(output: rules.PlannedOutput) -> str:
+    """Identity of everything that shapes an output: a change makes new jobs, not stale ones."""
+    key = repr((output.params, output.style.images, output.format, output.quality))
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Item:
+    job: Job
+    planned: rules.PlannedOutput
+    decoded: images.Decoded
+
+
+class Worker:
+    """Owns the engine; one thread runs `run()` until `stop` is set."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        engine: Engine,
+        config: Callable[[], Config],
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._journal = journal
+        self._engine = engine
+        self._config = config
+        self._wall = wall
+        self._abort = threading.Event()
+        self._batch_limit: int | None = None  # lowered after running out of memory
+        self.heartbeat = time.monotonic()  # last sign of life, for systemd's watchdog
+        self.busy = False
+
+    def abort(self) -> None:
+        """Stop the running batch at its next step; its jobs go back to the queue."""
+        self._abort.set()
+
+    def run(self, stop: threading.Event, wake: threading.Event) -> None:
+        while not stop.is_set():
+            self.heartbeat = time.monotonic()
+            if not self.run_once():
+                due = self._journal.next_due()
+                wait = 1.0 if due is None else min(1.0, max(0.05, due - self._wall()))
+                wake.wait(wait)
+                wake.clear()
+
+    def run_once(self) -> bool:
+        """Take and process one batch; False when nothing was due."""
+        config = self._config()
+        limit = self._batch_limit or config.engine.batch_size
+        jobs = self._journal.take(limit, self._wall())
+        if not jobs:
+            return False
+        self.busy = True
+        try:
+            self._process(config, jobs)
+        finally:
+            self.busy = False
+        return True
+
+    def _process(self, config: Config, jobs: list[Job]) -> None:
+        items: list[_Item] = []
+        for job in jobs:
+            item = self._prepare(config, job)
+            if item is not None:
+                items.append(item)
+        if not items:
+            return
+        planned = items[0].planned
+        started = time.perf_counter()
+        last_log = [0.0]
+
+        def progress(p: Progress) -> None:
+            self.heartbeat = time.monotonic()
+            if p.step == p.steps or p.seconds - last_log[0] >= PROGRESS_LOG_SECONDS:
+                last_log[0] = p.seconds
+                log.info(
+                    "job_progress",
+                    sources=[i.job.source for i in items],
+                    style=planned.style_name,
+                    step=p.step,
+                    steps=p.steps,
+                    scale=p.scale,
+                    size=p.size,
+                    loss=round(p.loss, 6),
+                    seconds=round(p.seconds, 1),
+                )
+
+        try:
+            results = self._engine.stylize_batch(
+                [i.decoded.image for i in items],
+                planned.style,
+                planned.params,
+                progress=progress,
+                should_stop=self._abort.is_set,
+            )
+        except engine_errors.Cancelled:
+            for item in items:
+                self._journal.release(item.job.id)
+            log.info("batch_interrupted", sources=[i.job.source for i in items])
+            return
+        except engine_errors.OutOfMemoryError as exc:
+            self._out_of_memory(items, exc)
+            return
+        except Exception as exc:  # the per-batch boundary: record, keep the daemon running
+            kind, permanent = _classify(exc)
+            if kind == "internal":
+                log.exception("batch_failed", sources=[i.job.source for i in items])
+            for item in items:
+                self._fail(item.job, exc, kind, permanent=permanent)
+            return
+        self._batch_limit = None
+        seconds = time.perf_counter() - started
+        for item, result in zip(items, results, strict=True):
+            self._write(config, item, result, seconds)
+
+    def _prepare(self, config: Config, job: Job) -> _Item | None:
+        """Check the job still stands and read its photo; None when it ended here."""
+        source = config.input / job.source
+        planned = self._planned(config, job)
+        if planned is None:
+            self._journal.cancel(job.id, "the config no longer plans this output")
+            log.info("job_cancelled", source=job.source, style=job.style, reason="config_changed")
+            return None
+        try:
+            data = source.read_bytes()
+        except FileNotFoundError:
+            self._journal.cancel(job.id, "source removed before it was processed")
+            log.info("job_cancelled", source=job.source, style=job.style, reason="source_removed")
+            return None
+        except OSError as exc:
+            self._fail(job, exc, "io", permanent=False)
+            return None
+        if hashlib.sha256(data).hexdigest() != job.fingerprint:
+            # New content under the same name: the watcher queues it as its own job.
+            self._journal.cancel(job.id, "source changed before it was processed")
+            log.info("job_cancelled", source=job.source, style=job.style, reason="source_changed")
+            return None
+        try:
+            decoded = images.decode(data)
+        except engine_errors.BadImageError as exc:
+            self._fail(job, exc, f"bad_image:{exc.reason}", permanent=True)
+            return None
+        return _Item(job, planned, decoded)
+
+    def _planned(self, config: Config, job: Job) -> rules.PlannedOutput | None:
+        decision = rules.decide(config, PurePosixPath(job.source))
+        if not isinstance(decision, rules.Plan) or decision.rule_index != job.rule:
+            return None
+        for output in decision.outputs:
+            if output.style_name == job.style and settings_hash(output) == job.settings_hash:
+                return output
+        return None
+
+    def _write(self, config: Config, item: _Item, result: Stylized, seconds: float) -> None:
+        job, planned = item.job, item.planned
+        try:
+            claimed = self._journal.claim_output(
+                job.output,
+                job.source,
+                job.fingerprint,
+                taken=lambda rel: (config.output / rel).exists(),
+            )
+            data = images.encode(
+                result.image,
+                planned.format,
+                quality=planned.quality,
+                metadata=item.decoded.metadata,
+            )
+            target = config.output / claimed
+            try:
+                write_atomic(target, data, overwrite=False)
+            except FileExistsError:
+                # Written before a crash that came before mark_done: the same content's output.
+                if self._journal.output_owner(claimed) != (job.source, job.fingerprint):
+                    raise
+        except OSError as exc:
+            self._fail(job, exc, "io", permanent=False)
+            return
+        self._journal.mark_done(job.id, claimed)
+        width, height = result.image.size
+        log.info(
+            "job_done",
+            source=job.source,
+            output=claimed,
+            rule=job.rule,
+            style=job.style,
+            size=f"{width}x{height}",
+            steps=result.steps,
+            seconds=round(seconds, 2),
+            device=result.device,
+            result="done",
+        )
+
+    def _out_of_memory(self, items: list[_Item], exc: Exception) -> None:
+        if len(items) > 1:
+            # Try again in smaller batches: put the jobs back without counting the attempt.
+            self._batch_limit = max(1, len(items) // 2)
+            for item in items:
+                self._journal.release(item.job.id)
+            log.warning("out_of_memory", batch=len(items), next_batch=self._batch_limit)
+            return
+        for item in items:
+            self._fail(item.job, exc, "out_of_memory", permanent=False)
+
+    def _fail(self, job: Job, exc: BaseException, kind: str, *, permanent: bool) -> None:
+        retry_at = None if permanent else self._wall() + backoff_seconds(job.attempts)
+        after = self._journal.mark_failed(
+            job.id, str(exc), kind, permanent=permanent, retry_at=retry_at
+        )
+        log.warning(
+            "job_failed" if after.state.value == "failed" else "job_retry",
+            source=job.source,
+            style=job.style,
+            kind=kind,
+            error=str(exc),
+            attempts=after.attempts,
+            retry_in=None if retry_at is None else round(retry_at - self._wall(), 1),
+            result=after.state.value,
+        )
