@@ -160,7 +160,7 @@ def _sync(device: torch.device) -> None:
 def _to_tensor(picture: Image.Image, device: torch.device) -> torch.Tensor:
     from torchvision.transforms.functional import pil_to_tensor
 
-    return (pil_to_tensor(picture).float() / 255).unsqueeze(0).to(device)
+    return (pil_to_tensor(picture).float() / 255).unsqueeze(0).to(device).contiguous()
 
 
 def _weights(given: Path | None, folder: Path) -> tuple[Path, str]:
