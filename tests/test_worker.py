@@ -1,4 +1,4 @@
-"""The worker's decisions, with a fake engine: batching, failures and their classes, crash leftovers."""
+"""The worker's decisions with a fake engine: batching, failure classes, crash leftovers."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class FakeEngine:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[Config, Journal, FakeEngine, Worker]]:
-    """A config with one catch-all rule, its journal, a fake engine and a worker with a fixed clock."""
+    """A one-rule config, its journal, a fake engine, and a worker with a fixed clock."""
     (tmp_path / "inbox").mkdir()
     (tmp_path / "paint.jpg").write_bytes(b"fake painting; the fake engine never reads it")
     (tmp_path / "c.yaml").write_text(
@@ -158,7 +158,7 @@ def test_removed_or_changed_sources_cancel_their_jobs_quietly(setup) -> None:
 
 
 def test_an_output_written_before_a_crash_is_recognised_not_redone(setup) -> None:
-    config, journal, engine, worker = setup
+    config, journal, _, worker = setup
     source = enqueue(config, journal, "p.png", (5, 5, 5))
     fingerprint = hashlib.sha256(source.read_bytes()).hexdigest()
     claimed = journal.claim_output("p.png", "p.png", fingerprint)
@@ -172,7 +172,7 @@ def test_an_output_written_before_a_crash_is_recognised_not_redone(setup) -> Non
 def test_a_full_disk_is_retried_and_the_output_folder_keeps_no_partial_file(
     setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config, journal, engine, worker = setup
+    config, journal, _, worker = setup
     enqueue(config, journal, "p.png", (5, 5, 5))
 
     def full(*args: object, **kwargs: object) -> None:
