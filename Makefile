@@ -12,10 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Until the daemon lands: a one-shot stylization of a bundled photo with a bundled painting.
+# The service on the example config. A sample photo is dropped into the inbox so that the first
+# artwork appears in run/outbox; copy more photos into run/inbox while it runs. Ctrl-C stops it.
 run: $(STAMP)
-	mkdir -p out
-	$(BIN)/stylewatch stylize samples/chelsea.png -s samples/starry_night.jpg -o out/chelsea-starry.jpg --size 256 --steps 60
+	mkdir -p run/inbox
+	[ -n "$$(ls -A run/inbox)" ] || cp samples/chelsea.png run/inbox/
+	$(BIN)/stylewatch check -c config.example.yaml
+	$(BIN)/stylewatch run -c config.example.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check engine daemon tests bench
@@ -26,4 +29,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache

@@ -133,11 +133,197 @@ def build_parser() -> argparse.ArgumentParser:
     )
     one.add_argument("--quality", type=int, default=92, help="JPEG/WebP quality 1-100 (default 92)")
     one.set_defaults(handler=_stylize)
+
+    run = commands.add_parser(
+        "run",
+        help="run the watch-folder service",
+        description="Watch the input folder and stylize every new photo.",
+    )
+    _config_argument(run)
+    run.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    run.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default="auto",
+        help="auto: console on a terminal, JSON lines otherwise (default)",
+    )
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser(
+        "check",
+        help="validate a config, its paintings and the weights",
+        description="Validate the config, decode the paintings, find the weights, list the rules.",
+    )
+    _config_argument(check)
+    check.set_defaults(handler=_check)
+
+    status = commands.add_parser("status", help="what happened to the photos (from the journal)")
+    _config_argument(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--failures", type=int, default=10, help="how many recent failures to show")
+    status.set_defaults(handler=_status)
+
+    retry = commands.add_parser("retry", help="queue failed jobs again")
+    _config_argument(retry)
+    retry.set_defaults(handler=_retry)
     return parser
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, required=True, help="the YAML config file")
+
+
+def _load(path: Path) -> Any:
+    from daemon.config import load_config
+    from daemon.errors import ConfigError
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CliError(f"invalid config\n{exc}", ExitCode.CONFIG) from exc
+    except OSError as exc:
+        raise CliError(
+            f"cannot read config {path}: {exc.strerror or exc}", ExitCode.CONFIG
+        ) from exc
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+
+    from daemon import logs
+    from daemon.errors import ConfigError
+    from daemon.journal import JournalError
+    from daemon.service import Service
+    from engine import errors
+
+    # Outputs and the journal are readable by others but writable only by the service user.
+    os.umask(0o022)
+    try:
+        logs.configure(level=args.log_level, renderer=args.log_format)
+    except ValueError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from exc
+    try:
+        service = Service(args.config)
+    except ConfigError as exc:
+        raise CliError(f"invalid config\n{exc}", ExitCode.CONFIG) from exc
+    except OSError as exc:
+        raise CliError(f"cannot read config {args.config}: {exc}", ExitCode.CONFIG) from exc
+    service.install_signal_handlers()
+    try:
+        service.run()
+    except errors.WeightsError as exc:
+        raise CliError(str(exc), ExitCode.CONFIG) from exc
+    except JournalError as exc:
+        raise CliError(str(exc), ExitCode.CONFIG) from exc
+    except errors.EngineError as exc:
+        raise CliError(str(exc), ExitCode.CONFIG) from exc
+    return ExitCode.OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    from engine import errors, images
+    from engine.vgg import resolve_weights
+
+    config = _load(args.config)
+    problems: list[str] = []
+    for name, style in config.styles.items():
+        for image in style.spec.images:
+            try:
+                picture = images.decode(image.path).image
+            except (errors.BadImageError, OSError) as exc:
+                problems.append(f"style {name}: {exc}")
+            else:
+                sys.stdout.write(
+                    f"style {name}: {image.path} ({picture.width}x{picture.height}, "
+                    f"weight {image.weight:g})\n"
+                )
+    engine = config.engine.engine
+    try:
+        weights = resolve_weights(engine.weights, engine.preprocess, download=False)
+        sys.stdout.write(f"weights: {weights}\n")
+    except errors.WeightsError as exc:
+        if engine.download and engine.weights is None:
+            sys.stdout.write(f"weights: not there yet; `stylewatch run` downloads them ({exc})\n")
+        else:
+            problems.append(str(exc))
+    sys.stdout.write(f"input: {config.input}\noutput: {config.output}\nstate: {config.state}\n")
+    for rule in config.rules:
+        for target in rule.targets:
+            p = target.settings.params
+            sys.stdout.write(
+                f"rule {rule.index}: {' | '.join(rule.match)} -> style {target.style_name} "
+                f"(size {p.size}, steps {p.steps}, format {target.settings.output.format})\n"
+            )
+    if problems:
+        raise CliError("\n".join(problems), ExitCode.CONFIG)
+    sys.stdout.write("config OK\n")
+    return ExitCode.OK
+
+
+def _open_journal(args: argparse.Namespace) -> Any:
+    from daemon.journal import Journal, JournalError
+
+    config = _load(args.config)
+    try:
+        return Journal.open(config.state, exclusive=False)
+    except JournalError as exc:
+        raise CliError(str(exc), ExitCode.CONFIG) from exc
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    journal = _open_journal(args)
+    try:
+        counts = {state.value: n for state, n in journal.counts().items()}
+        failures = journal.recent_failures(args.failures)
+    finally:
+        journal.close()
+    if args.json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "counts": counts,
+                    "failures": [
+                        {
+                            "source": j.source,
+                            "style": j.style,
+                            "kind": j.error_kind,
+                            "error": j.last_error,
+                            "attempts": j.attempts,
+                            "updated": j.updated,
+                        }
+                        for j in failures
+                    ],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        return ExitCode.OK
+    sys.stdout.write("  ".join(f"{state}: {n}" for state, n in sorted(counts.items())) + "\n")
+    for job in failures:
+        sys.stdout.write(f"failed {job.source} [{job.style}] {job.error_kind}: {job.last_error}\n")
+    return ExitCode.OK
+
+
+def _retry(args: argparse.Namespace) -> int:
+    journal = _open_journal(args)
+    try:
+        count = journal.retry_failed()
+    finally:
+        journal.close()
+    sys.stdout.write(f"{count} failed job(s) queued again\n")
+    return ExitCode.OK
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from daemon import logs
+
+    # stdout is for results (status --json is parsed by scripts); logs go to stderr. `run`
+    # configures its own level and format.
+    logs.configure(level="warning")
     try:
         code = args.handler(args)
     except CliError as exc:

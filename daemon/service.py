@@ -1,0 +1,335 @@
+"""The service's lifecycle: start -> run -> drain -> stop, read top to bottom.
+
+Threads: the watcher's own (events, rescans), the worker (the engine), and the main thread, which
+runs intake (settled files -> rules -> journal), reloads, status and systemd's watchdog. Signal
+handlers only set flags and wake the main thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from types import FrameType
+
+import structlog
+
+from daemon import rules
+from daemon.config import Config, load_config
+from daemon.errors import ConfigError
+from daemon.journal import JobSpec, Journal, SourceChangedError
+from daemon.notify import Notifier
+from daemon.outputs import clean_stale_temporaries
+from daemon.stability import Signature, StabilityTracker, stat_signature
+from daemon.watcher import Watcher
+from daemon.worker import Engine, Worker, settings_hash
+from engine.errors import StyleError
+from engine.params import EngineConfig
+
+log = structlog.get_logger()
+
+STATUS_SECONDS = 2.0  # how often STATUS= is refreshed
+# Settings that only take effect at start: a reload that changes them says a restart is needed.
+RESTART_ONLY = ("input", "output", "state", "watch", "engine")
+
+
+def real_engine(config: EngineConfig) -> Engine:
+    from engine.stylizer import Stylizer
+
+    return Stylizer(config)
+
+
+class Service:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        engine_factory: Callable[[EngineConfig], Engine] = real_engine,
+        notifier: Notifier | None = None,
+        stop_grace: float = 30.0,
+    ) -> None:
+        self.config_path = config_path
+        self.config: Config = load_config(
+            config_path
+        )  # a broken config fails here, before anything
+        self._engine_factory = engine_factory
+        self._notifier = notifier or Notifier.from_environment()
+        self._stop_grace = stop_grace  # how long a running batch may finish before it is aborted
+        self.stop_event = threading.Event()
+        self._wake = threading.Event()  # wakes the main loop
+        self._worker_wake = threading.Event()  # wakes the worker: new jobs
+        self._reload_requested = False
+        self._tracker = StabilityTracker(self.config.watch.settle_seconds)
+        # Signatures of files already taken in, so rescans do not redo intake for unchanged files.
+        self._taken: dict[Path, Signature] = {}
+        self._unmatched: set[PurePosixPath] = set()
+        self._taken_lock = threading.Lock()
+
+    # -- signals: flags only ---------------------------------------------------------------------
+
+    def request_stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
+        self.stop_event.set()
+        self._wake.set()
+
+    def request_reload(self, signum: int = signal.SIGHUP, frame: FrameType | None = None) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Start, serve until stopped, drain. Raises WeightsError/JournalError on a bad start."""
+        config = self.config
+        config.output.mkdir(parents=True, exist_ok=True)
+        config.state.mkdir(parents=True, exist_ok=True)
+        journal = Journal.open(config.state)
+        try:
+            self._serve(journal)
+        finally:
+            journal.close()
+            self._notifier.close()
+            log.info("service_stopped")
+
+    def _serve(self, journal: Journal) -> None:
+        config = self.config
+        recovered = journal.recover()
+        cleaned = clean_stale_temporaries(config.output)
+        log.info(
+            "service_starting",
+            config=str(self.config_path),
+            input=str(config.input),
+            output=str(config.output),
+            recovered_jobs=recovered,
+            stale_temporaries=cleaned,
+        )
+        engine = self._engine_factory(config.engine.engine)
+        self._prepare_styles(engine, config)
+        self.journal = journal
+        watcher = Watcher(config, self)
+        worker = Worker(journal, engine, lambda: self.config)
+        worker_stop = threading.Event()
+        worker_thread = threading.Thread(
+            target=self._run_worker, args=(worker, worker_stop), name="stylewatch-worker"
+        )
+        try:
+            watcher.start()
+            found = watcher.scan()
+            worker_thread.start()
+            log.info(
+                "service_ready", mode=watcher.mode, files_found=found, queued=journal.queued_count()
+            )
+            self._notifier.ready(self._status_text(journal))
+            self._main_loop(journal, watcher, worker, worker_thread)
+        finally:
+            self._notifier.stopping()
+            log.info("service_stopping")
+            watcher.stop()
+            worker_stop.set()
+            self._worker_wake.set()
+            if worker_thread.is_alive():
+                worker_thread.join(self._stop_grace)
+                if worker_thread.is_alive():
+                    log.warning("aborting_batch", grace_seconds=self._stop_grace)
+                    worker.abort()
+                    worker_thread.join()
+            engine.close()
+
+    def _main_loop(
+        self, journal: Journal, watcher: Watcher, worker: Worker, worker_thread: threading.Thread
+    ) -> None:
+        ping_every = self._notifier.watchdog_interval()
+        next_ping = next_status = 0.0
+        while not self.stop_event.is_set():
+            if self._reload_requested:
+                self._reload_requested = False
+                self._reload()
+            for path in self._tracker.due():
+                self._intake(journal, path)
+            now = time.monotonic()
+            if now >= next_status:
+                self._notifier.status(self._status_text(journal))
+                next_status = now + STATUS_SECONDS
+            if ping_every is not None and now >= next_ping:
+                if self._healthy(watcher, worker, worker_thread, ping_every):
+                    self._notifier.watchdog()
+                next_ping = now + ping_every
+            self._wake.wait(self._sleep_time(next_status, next_ping if ping_every else None))
+            self._wake.clear()
+
+    def _run_worker(self, worker: Worker, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                worker.run(stop, self._worker_wake)
+            except Exception:  # a journal or disk error: log it, wait, carry on
+                log.exception("worker_error")
+                stop.wait(5.0)
+
+    # -- what the watcher reports (called from its threads) -------------------------------------
+
+    def seen(self, relpath: PurePosixPath) -> None:
+        path = self.config.input / relpath
+        signature = stat_signature(path)
+        if signature is None:
+            self._tracker.forget(path)
+            return
+        with self._taken_lock:
+            if self._taken.get(path) == signature:
+                return  # unchanged since intake: a rescan, or a metadata-free event
+        if not self._tracker.is_pending(path):
+            log.info(
+                "file_settling",
+                source=str(relpath),
+                settle_seconds=self.config.watch.settle_seconds,
+            )
+        self._tracker.observe(path, signature)
+        self._wake.set()
+
+    def activity(self, relpath: PurePosixPath) -> None:
+        self._tracker.activity(self.config.input / relpath)
+        self._wake.set()
+
+    def gone(self, relpath: PurePosixPath) -> None:
+        path = self.config.input / relpath
+        self._tracker.forget(path)
+        with self._taken_lock:
+            self._taken.pop(path, None)
+        cancelled = self.journal.cancel_source(
+            str(relpath), "source removed before it was processed"
+        )
+        if cancelled:
+            log.info("job_cancelled", source=str(relpath), jobs=cancelled, reason="source_removed")
+
+    # -- intake: a settled file becomes jobs ----------------------------------------------------
+
+    def _intake(self, journal: Journal, path: Path) -> None:
+        config = self.config
+        relpath = PurePosixPath(path.relative_to(config.input).as_posix())
+        signature = stat_signature(path)
+        if signature is None:
+            return
+        decision = rules.decide(config, relpath)
+        if isinstance(decision, rules.Ignored):
+            log.info(
+                "file_ignored", source=str(relpath), reason=decision.reason, detail=decision.detail
+            )
+            self._remember(path, signature)
+            return
+        if isinstance(decision, rules.Unmatched):
+            if relpath not in self._unmatched:
+                self._unmatched.add(relpath)
+                log.info("file_unmatched", source=str(relpath), hint="no rule matches this path")
+            self._remember(path, signature)
+            return
+        try:
+            fingerprint = journal.fingerprint(str(relpath), path)
+        except SourceChangedError:
+            self._tracker.activity(path)  # still being written after all: wait again
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("source_unreadable", source=str(relpath), error=str(exc))
+            return
+        self._remember(path, signature)
+        queued = 0
+        for output in decision.outputs:
+            spec = JobSpec(
+                source=str(relpath),
+                fingerprint=fingerprint,
+                rule=decision.rule_index,
+                style=output.style_name,
+                settings_hash=settings_hash(output),
+                output=str(output.relpath),
+            )
+            if journal.has_done(spec.source, spec.fingerprint, spec.rule, spec.style):
+                # Already stylized in this style (perhaps under older settings): not redone.
+                log.info("file_already_done", source=spec.source, style=spec.style)
+                continue
+            job = journal.enqueue(spec)
+            if job is not None:
+                queued += 1
+                log.info(
+                    "job_queued",
+                    source=spec.source,
+                    rule=spec.rule,
+                    style=spec.style,
+                    output=spec.output,
+                    job=job.id,
+                )
+        if queued:
+            self._worker_wake.set()
+
+    def _remember(self, path: Path, signature: Signature) -> None:
+        with self._taken_lock:
+            self._taken[path] = signature
+
+    # -- reload, health, status ------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        self._notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error(
+                "reload_refused", errors=str(exc).splitlines(), hint="the old config stays in force"
+            )
+            self._notifier.ready(f"reload refused: {len(exc.problems)} problem(s) in config")
+            return
+        old = self.config
+        changed = [key for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)]
+        if changed:
+            log.warning(
+                "reload_needs_restart",
+                settings=changed,
+                hint="these keep their old values until `systemctl restart stylewatch`",
+            )
+            new = dataclasses.replace(new, **{key: getattr(old, key) for key in changed})
+        self.config = new
+        with self._taken_lock:
+            self._taken.clear()  # new rules may now match files that were unmatched
+        self._unmatched.clear()
+        log.info("config_reloaded", rules=len(new.rules), styles=len(new.styles))
+        self._notifier.ready()
+
+    def _healthy(
+        self, watcher: Watcher, worker: Worker, worker_thread: threading.Thread, interval: float
+    ) -> bool:
+        """Alive and not stuck: a busy worker must show progress within a few watchdog periods."""
+        if not (watcher.alive() and worker_thread.is_alive()):
+            return False
+        stuck_after = max(60.0, 4 * interval)
+        return not worker.busy or time.monotonic() - worker.heartbeat < stuck_after
+
+    def _prepare_styles(self, engine: Engine, config: Config) -> None:
+        """Load every style's paintings now, so a broken one is reported at start."""
+        for rule in config.rules:
+            for target in rule.targets:
+                try:
+                    engine.prepare_style(target.style, target.settings.params)
+                except StyleError as exc:
+                    log.error("style_unusable", style=target.style_name, error=str(exc))
+
+    def _status_text(self, journal: Journal) -> str:
+        counts = {state.value: n for state, n in journal.counts().items()}
+        return (
+            f"{counts.get('queued', 0)} queued, {counts.get('running', 0)} running, "
+            f"{counts.get('done', 0)} done, {counts.get('failed', 0)} failed"
+        )
+
+    def _sleep_time(self, next_status: float, next_ping: float | None) -> float:
+        now = time.monotonic()
+        wake_at = [next_status]
+        if next_ping is not None:
+            wake_at.append(next_ping)
+        deadline = self._tracker.next_deadline()
+        if deadline is not None:
+            wake_at.append(deadline)
+        return max(0.01, min(wake_at) - now)
