@@ -49,14 +49,17 @@ def test_same_seed_same_image_other_seed_other_image(
 ) -> None:
     params = FAST.replace(init="random", seed=7)
     style = StyleSpec.of(style_files[0])
-    first = stylizer.stylize(photo, style, params).image
-    again = stylizer.stylize(photo, style, params).image
-    other = stylizer.stylize(photo, style, params.replace(seed=8)).image
-    # Multithreaded CPU kernels may sum in another order under load: a pixel may move by one
-    # level in a few thousand, never more. Another seed changes the picture wholesale.
-    same = np.abs(_pixels(first) - _pixels(again))
-    assert same.max() <= 1
-    assert (same == 0).mean() >= 0.995
+    # With several threads on a busy CPU some kernels split their work by the threads they get,
+    # which changes float summation order; one thread makes the result bit for bit repeatable.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = stylizer.stylize(photo, style, params).image
+        again = stylizer.stylize(photo, style, params).image
+        other = stylizer.stylize(photo, style, params.replace(seed=8)).image
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(_pixels(first), _pixels(again))
     assert np.abs(_pixels(first) - _pixels(other)).mean() > 10
 
 
