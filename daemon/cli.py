@@ -163,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--failures", type=int, default=10, help="how many recent failures to show")
     status.set_defaults(handler=_status)
 
+    weights = commands.add_parser(
+        "weights",
+        help="find, fetch or verify the VGG19 checkpoint",
+        description="Where the VGG19 checkpoint is looked for, fetching it there, and checking it. "
+        "Honours TORCH_HOME and the config's engine.weights and engine.preprocess.",
+    )
+    weights.add_argument("action", choices=("path", "fetch", "verify"))
+    weights.add_argument(
+        "-c", "--config", type=Path, help="take weights/preprocess from this config"
+    )
+    weights.add_argument(
+        "--preprocess",
+        choices=engine_params.PREPROCESSES,
+        help="which checkpoint, without a config (default torchvision)",
+    )
+    weights.set_defaults(handler=_weights_command)
+
     retry = commands.add_parser("retry", help="queue failed jobs again")
     _config_argument(retry)
     retry.set_defaults(handler=_retry)
@@ -257,6 +274,37 @@ def _check(args: argparse.Namespace) -> int:
     if problems:
         raise CliError("\n".join(problems), ExitCode.CONFIG)
     sys.stdout.write("config OK\n")
+    return ExitCode.OK
+
+
+def _weights_command(args: argparse.Namespace) -> int:
+    from engine import errors, vgg
+
+    if args.config is not None:
+        engine = _load(args.config).engine.engine
+        weights, preprocess = engine.weights, args.preprocess or engine.preprocess
+    else:
+        weights, preprocess = None, args.preprocess or "torchvision"
+    known = vgg.KNOWN_CHECKPOINTS[preprocess]
+    path = Path(weights) if weights is not None else vgg.hub_checkpoint_path(preprocess)
+    if args.action == "path":
+        sys.stdout.write(f"{path}\n")
+        return ExitCode.OK if path.is_file() else ExitCode.NOINPUT
+    try:
+        if args.action == "fetch" and not path.is_file():
+            sys.stdout.write(f"fetching {known.url}\n  -> {path}\n")
+            try:
+                vgg.fetch_checkpoint(known, path, progress=sys.stderr.isatty())
+            except (OSError, RuntimeError) as exc:
+                raise CliError(
+                    f"cannot download {known.url} ({exc}); fetch it on another machine and copy "
+                    f"it to {path}",
+                    ExitCode.TEMPFAIL,
+                ) from exc
+        digest = vgg.verify_checkpoint(path, preprocess)
+    except errors.WeightsError as exc:
+        raise CliError(str(exc), ExitCode.DATAERR) from exc
+    sys.stdout.write(f"{path}: VGG19 weights OK (sha256 {digest[:16]}...)\n")
     return ExitCode.OK
 
 

@@ -108,6 +108,9 @@ class WatchConfig:
 class EngineSettings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     batch_size: int = 4  # photos of one style stylized together
+    # A batch that shows no progress for this long counts as stuck: the service stops answering
+    # systemd's watchdog, which restarts it. Far above the slowest step of a legitimate job.
+    stuck_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,7 @@ _ENGINE_KEYS = (
     "download",
     "style_cache_size",
     "batch_size",
+    "stuck_seconds",
 )
 _STYLE_KEYS = ("image", "images")
 _RULE_KEYS = ("match", "styles", "output")
@@ -472,6 +476,7 @@ class _Loader:
         fields = self.section(entry, "engine", _ENGINE_KEYS)
         changes: dict[str, object] = {}
         batch_size: object = 4
+        stuck_seconds: object = 600.0
         for name, (_, node) in fields.items():
             key = f"engine.{name}"
             value: object = _INVALID
@@ -486,7 +491,12 @@ class _Loader:
                     )
                     value = _INVALID
             elif name == "weights":
-                value = self.existing_file(node, key)
+                # A missing file is not a config error: `stylewatch weights fetch` puts it there,
+                # and `check` and the service's start say where to get it.
+                value = self.path_value(node, key)
+                if isinstance(value, Path) and value.is_dir():
+                    self.problem(node, key, f"{value} is a folder; name the checkpoint file")
+                    value = _INVALID
             elif name == "preprocess":
                 value = self.choice(node, key, PREPROCESSES)
             elif name == "precision":
@@ -497,6 +507,8 @@ class _Loader:
                 value = self.integer(node, key, lambda v: 1 <= v <= 4096, "between 1 and 4096")
             elif name == "batch_size":
                 batch_size = self.integer(node, key, lambda v: 1 <= v <= 64, "between 1 and 64")
+            elif name == "stuck_seconds":
+                stuck_seconds = self.real(node, key, lambda v: v > 0, "a number of seconds > 0")
             if value is not _INVALID:
                 changes[name] = value
         try:
@@ -504,7 +516,11 @@ class _Loader:
         except ValueError as exc:
             self.problem(entry[1] if entry else None, "engine", str(exc))
             engine = EngineConfig()
-        return EngineSettings(engine, batch_size if isinstance(batch_size, int) else 4)
+        return EngineSettings(
+            engine,
+            batch_size if isinstance(batch_size, int) else 4,
+            float(stuck_seconds) if isinstance(stuck_seconds, int | float) else 600.0,
+        )
 
     def styles(
         self,

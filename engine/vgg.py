@@ -7,6 +7,7 @@ classic implementations prefer; both share torchvision's key layout (``features.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -132,6 +133,32 @@ def fetch_checkpoint(known: KnownCheckpoint, path: Path, *, progress: bool) -> N
     torch.hub.download_url_to_file(
         known.url, os.fspath(path), hash_prefix=known.sha256_prefix, progress=progress
     )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: Path, preprocess: Preprocess) -> str:
+    """Check that `path` loads as VGG19 and, under the known file name, has the known checksum.
+
+    Returns the file's SHA-256. Raises WeightsError with what is wrong.
+    """
+    known = KNOWN_CHECKPOINTS[preprocess]
+    if not Path(path).is_file():
+        raise WeightsError(f"no VGG19 weights at {path}: download {known.url} to it")
+    digest = sha256_of(path)
+    if Path(path).name == known.filename and not digest.startswith(known.sha256_prefix):
+        raise WeightsError(
+            f"{path} is damaged or not the published checkpoint: its SHA-256 starts with "
+            f"{digest[:8]}, not {known.sha256_prefix}; delete it and fetch it again"
+        )
+    VGGFeatures(load_state_dict(path), preprocess=preprocess, source=str(path))
+    return digest
 
 
 def build_vgg19_features() -> nn.Sequential:
