@@ -8,6 +8,7 @@ handlers only set flags and wake the main thread.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import signal
 import threading
 import time
@@ -147,6 +148,7 @@ class Service:
     ) -> None:
         ping_every = self._notifier.watchdog_interval()
         next_ping = next_status = 0.0
+        was_healthy = True
         while not self.stop_event.is_set():
             if self._reload_requested:
                 self._reload_requested = False
@@ -157,11 +159,22 @@ class Service:
             if now >= next_status:
                 self._notifier.status(self._status_text(journal))
                 next_status = now + STATUS_SECONDS
-            if ping_every is not None and now >= next_ping:
-                if self._healthy(watcher, worker, worker_thread, ping_every):
+            if now >= next_ping:
+                healthy = self._healthy(watcher, worker, worker_thread)
+                if healthy and ping_every is not None:
                     self._notifier.watchdog()
-                next_ping = now + ping_every
-            self._wake.wait(self._sleep_time(next_status, next_ping if ping_every else None))
+                if healthy != was_healthy:
+                    # Logged once per episode: systemd restarts the service if it lasts.
+                    log.log(
+                        logging.INFO if healthy else logging.ERROR,
+                        "service_healthy" if healthy else "service_unhealthy",
+                        watcher_alive=watcher.alive(),
+                        worker_alive=worker_thread.is_alive(),
+                        seconds_since_progress=round(now - worker.heartbeat, 1),
+                    )
+                    was_healthy = healthy
+                next_ping = now + (ping_every or 1.0)
+            self._wake.wait(self._sleep_time(next_status, next_ping))
             self._wake.clear()
 
     def _run_worker(self, worker: Worker, stop: threading.Event) -> None:
@@ -215,6 +228,10 @@ class Service:
         signature = stat_signature(path)
         if signature is None:
             return
+        with self._taken_lock:
+            if self._taken.get(path) == signature:
+                # Opened or closed without a change (our own worker reading it, a viewer).
+                return
         decision = rules.decide(config, relpath)
         if isinstance(decision, rules.Ignored):
             log.info(
@@ -228,6 +245,17 @@ class Service:
                 log.info("file_unmatched", source=str(relpath), hint="no rule matches this path")
             self._remember(path, signature)
             return
+        self._queue(journal, path, relpath, decision, signature)
+
+    def _queue(
+        self,
+        journal: Journal,
+        path: Path,
+        relpath: PurePosixPath,
+        decision: rules.Plan,
+        signature: Signature,
+    ) -> None:
+        """One job per planned output, unless this content was already done in that style."""
         try:
             fingerprint = journal.fingerprint(str(relpath), path)
         except SourceChangedError:
@@ -299,13 +327,11 @@ class Service:
         log.info("config_reloaded", rules=len(new.rules), styles=len(new.styles))
         self._notifier.ready()
 
-    def _healthy(
-        self, watcher: Watcher, worker: Worker, worker_thread: threading.Thread, interval: float
-    ) -> bool:
-        """Alive and not stuck: a busy worker must show progress within a few watchdog periods."""
+    def _healthy(self, watcher: Watcher, worker: Worker, worker_thread: threading.Thread) -> bool:
+        """Alive and not stuck: a busy worker must show progress within engine.stuck_seconds."""
         if not (watcher.alive() and worker_thread.is_alive()):
             return False
-        stuck_after = max(60.0, 4 * interval)
+        stuck_after = self.config.engine.stuck_seconds
         return not worker.busy or time.monotonic() - worker.heartbeat < stuck_after
 
     def _prepare_styles(self, engine: Engine, config: Config) -> None:
