@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the result; its suffix (.jpg, .png, .webp) picks the format",
     )
     defaults = engine_params.StyleParams()
+    one.add_argument(
+        "--preset",
+        choices=tuple(engine_params.PRESETS),
+        help="a named schedule of scales and steps; other flags override it",
+    )
     one.add_argument("--size", type=int, help=f"long edge in pixels (default {defaults.size})")
     one.add_argument(
         "--steps", type=int, help=f"optimisation steps over all scales (default {defaults.steps})"
@@ -115,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=engine_params.PRECISIONS,
         default="fp32",
-        help="autocast precision of the network (default fp32)",
+        help="network precision; auto: bf16 where the hardware runs it natively (default fp32)",
     )
     one.add_argument(
         "--weights", type=Path, help="VGG19 checkpoint file (default: torch's hub cache)"
@@ -412,7 +417,10 @@ def _style_params(args: argparse.Namespace) -> engine_params.StyleParams:
         if getattr(args, name) is not None
     }
     try:
-        return engine_params.StyleParams(**given)
+        base = engine_params.StyleParams()
+        if args.preset is not None:
+            base = engine_params.with_preset(base, args.preset)
+        return base.replace(**given)
     except ValueError as exc:
         raise CliError(str(exc), ExitCode.USAGE) from exc
 

@@ -28,7 +28,15 @@ from wcmatch import fnmatch as wcfnmatch
 from wcmatch import glob as wcglob
 
 from daemon.errors import ConfigError, Problem
-from engine.params import PRECISIONS, PREPROCESSES, EngineConfig, StyleImage, StyleParams, StyleSpec
+from engine.params import (
+    PRECISIONS,
+    PREPROCESSES,
+    PRESETS,
+    EngineConfig,
+    StyleImage,
+    StyleParams,
+    StyleSpec,
+)
 
 WatchMode = Literal["auto", "native", "polling"]
 ResolvedWatchMode = Literal["native", "polling"]
@@ -70,7 +78,8 @@ PLACEHOLDERS: tuple[str, ...] = ("dir", "stem", "ext", "style", "rule")
 
 PARAM_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StyleParams))
 OUTPUT_KEYS: tuple[str, ...] = ("format", "quality")
-SETTING_KEYS: tuple[str, ...] = PARAM_KEYS + OUTPUT_KEYS
+# `preset` names a schedule from engine.params.PRESETS; keys beside it in the same mapping win.
+SETTING_KEYS: tuple[str, ...] = (*PARAM_KEYS, *OUTPUT_KEYS, "preset")
 _PARAM_TYPES: dict[str, object] = get_type_hints(StyleParams)
 
 _PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -755,10 +764,16 @@ class _Loader:
     def overrides(self, fields: _Fields, key: str) -> dict[str, _Setting]:
         """The setting keys of a mapping (defaults, a style, a rule), as the engine's types."""
         layer: dict[str, _Setting] = {}
+        preset: _Setting | None = None
         for name, (_, node) in fields.items():
             if name not in SETTING_KEYS:
                 continue  # the section's own keys, or unknown ones (reported by check_keys)
             setting_key = f"{key}.{name}"
+            if name == "preset":
+                chosen = self.choice(node, setting_key, tuple(PRESETS))
+                if chosen is not _INVALID:
+                    preset = _Setting(chosen, node, setting_key)
+                continue
             if name == "format":
                 value: object = self.output_format(node, setting_key)
             elif name == "quality":
@@ -769,6 +784,9 @@ class _Loader:
                 value = self.typed(node, setting_key, _PARAM_TYPES[name])
             if value is not _INVALID:
                 layer[name] = _Setting(value, node, setting_key)
+        if preset is not None:
+            for name, value in PRESETS[str(preset.value)].items():
+                layer.setdefault(name, _Setting(value, preset.node, preset.key))
         return layer
 
     def resolve(

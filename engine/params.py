@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 Device = str  # "auto", "cpu", "cuda", "cuda:1", ...
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Preprocess = Literal["torchvision", "caffe"]
 Pooling = Literal["max", "avg"]
 Optimizer = Literal["lbfgs", "adam"]
@@ -24,7 +24,7 @@ Init = Literal["content", "random"]
 DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
 DEFAULT_STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 PREPROCESSES: tuple[str, ...] = ("torchvision", "caffe")
 POOLINGS: tuple[str, ...] = ("max", "avg")
 OPTIMIZERS: tuple[str, ...] = ("lbfgs", "adam")
@@ -41,7 +41,9 @@ class EngineConfig:
     # "torchvision": RGB in [0, 1] normalised with ImageNet mean/std (torchvision's checkpoint).
     # "caffe": BGR in [0, 255] minus the Caffe means (the Caffe-converted VGG19 checkpoint).
     preprocess: Preprocess = "torchvision"
-    # Autocast precision of the VGG19 passes; Gram matrices and losses stay in fp32.
+    # Autocast precision of the VGG19 passes; Gram matrices and losses stay in fp32. "auto" takes
+    # bf16 where the hardware runs it natively (recent NVIDIA GPUs; CPUs with AVX-512 BF16 or AMX),
+    # about twice as fast, and fp32 elsewhere.
     precision: Precision = "fp32"
     # Fetch the checkpoint into the hub cache when it is missing and none was named.
     download: bool = True
@@ -185,6 +187,26 @@ class StyleParams:
         # Give the rounding remainder to the coarsest scale, where a step is cheapest.
         steps[0] += max(0, self.steps - sum(steps))
         return tuple(zip(sizes, steps, strict=True))
+
+
+# Named schedules: how many scales and steps a photo gets. Measured times per photo are in
+# BENCHMARKS.md. Explicit settings given alongside a preset win over it.
+PRESETS: dict[str, dict[str, object]] = {
+    # A preview in seconds: few steps, and each finer scale gets a third of the one before,
+    # so the full-size scale (the expensive one) runs only a handful of steps.
+    "fast": {"steps": 120, "scales": 3, "scale_step_ratio": 3.0},
+    # The defaults: enough steps at every scale for the style to settle.
+    "balanced": {"steps": 300, "scales": 3, "scale_step_ratio": 2.0},
+    # More steps and a fourth, coarser scale for large structures; minutes per photo on a CPU.
+    "best": {"steps": 800, "scales": 4, "scale_step_ratio": 1.5},
+}
+
+
+def with_preset(params: StyleParams, name: str) -> StyleParams:
+    """`params` with a preset's schedule."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
+    return params.replace(**PRESETS[name])
 
 
 @dataclass(frozen=True)

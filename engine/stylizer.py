@@ -55,6 +55,17 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 where the device runs it natively, else fp32; others stay as they are."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "fp32"
+
+
 def working_size(size: tuple[int, int], long_edge: int) -> tuple[int, int]:
     """(width, height) scaled so that the long edge is `long_edge`, each edge at least 1."""
     width, height = size
@@ -98,7 +109,9 @@ class Stylizer:
     def __init__(self, config: EngineConfig | None = None, *, download_progress: bool = False):
         self.config = config or EngineConfig()
         self.device = pick_device(self.config.device)
-        precision = self.config.precision
+        # The precision in force: "auto" resolved for this device.
+        self.precision = resolve_precision(self.config.precision, self.device)
+        precision = self.precision
         if (
             precision == "bf16"
             and self.device.type == "cuda"
@@ -315,7 +328,7 @@ class Stylizer:
             )
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        dtype = _AUTOCAST_DTYPES.get(self.config.precision)
+        dtype = _AUTOCAST_DTYPES.get(self.precision)
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
