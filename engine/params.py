@@ -49,12 +49,18 @@ class EngineConfig:
     download: bool = True
     # Style targets kept per process; each entry holds a few Gram matrices (about 1.5 MB).
     style_cache_size: int = 32
+    # Memory one optimisation pass may use, in MiB. Photos beyond it are optimised at a size that
+    # fits and refined at full size in overlapping tiles; batches are split to fit. None: 80% of
+    # the GPU's memory, or half of the machine's RAM on a CPU.
+    memory_budget_mb: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("preprocess", self.preprocess, PREPROCESSES)
         if self.style_cache_size < 1:
             raise ValueError("style_cache_size must be at least 1")
+        if self.memory_budget_mb is not None and self.memory_budget_mb < 1:
+            raise ValueError("memory_budget_mb must be at least 1")
 
 
 @dataclass(frozen=True)

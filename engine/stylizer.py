@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import math
 import os
 import time
@@ -21,9 +23,26 @@ from engine.errors import BadImageError, EngineError, OutOfMemoryError, StyleErr
 from engine.images import decode, resize_long_edge
 from engine.optimize import Objective, ProgressCallback, StepReport, StopCheck, run_scale
 from engine.params import EngineConfig, LossTerms, StyleParams, StyleSpec
+from engine.tiles import Tile, feather, tile_grid
 from engine.vgg import LAYER_INDEX, VGGFeatures, load_vgg19_features, min_input_edge
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Memory of one optimisation step per pixel of the photo (activations kept for the backward pass,
+# gradients, allocator slack): about 2 KB measured on the CPU at 1024 px, planned with a margin.
+BYTES_PER_PIXEL = 3000
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The scales optimised whole, then (for outputs over the budget) the full-size tiles."""
+
+    whole: list[tuple[int, int]]  # (long edge, steps), coarsest first
+    tile_steps: int = 0
+    tiles: list[Tile] = dataclasses.field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(steps for _, steps in self.whole) + self.tile_steps * len(self.tiles)
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,19 @@ class Stylizer:
         # How often style targets were computed rather than found in the cache.
         self.target_computations = 0
 
+    def pixel_budget(self) -> int:
+        """Photo pixels one optimisation pass may hold within the memory budget."""
+        budget_mb = self.config.memory_budget_mb
+        if budget_mb is None:
+            if self.device.type == "cuda":
+                total = torch.cuda.get_device_properties(self.device).total_memory
+                budget = int(total * 0.8)  # leave room for the network, cuDNN and the canvas
+            else:
+                budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        else:
+            budget = budget_mb * 2**20
+        return max(1, budget // BYTES_PER_PIXEL)
+
     # -- the small protocol the daemon uses: prepare_style, stylize, close --------------------
 
     def prepare_style(self, style: StyleSpec, params: StyleParams) -> None:
@@ -186,7 +218,13 @@ class Stylizer:
         groups: dict[tuple[int, int], list[int]] = {}
         for index, content in enumerate(contents):
             groups.setdefault(working_size(content.size, params.size), []).append(index)
-        for indices in groups.values():
+        budget = self.pixel_budget()
+        chunks = []
+        for shape, indices in groups.items():
+            # As many photos per pass as the memory budget holds (at least one: it may tile).
+            per_pass = max(1, budget // (shape[0] * shape[1]))
+            chunks += [indices[i : i + per_pass] for i in range(0, len(indices), per_pass)]
+        for indices in chunks:
             images = self._run_group(
                 [contents[i] for i in indices], style, params, progress, should_stop
             )
@@ -202,51 +240,150 @@ class Stylizer:
         progress: ProgressCallback | None,
         should_stop: StopCheck | None,
     ) -> list[Stylized]:
+        """Photos of one working size, small enough together for the memory budget; a single
+        photo larger than the budget is optimised at a size that fits, then refined in tiles."""
         started = time.perf_counter()
         final = working_size(contents[0].size, params.size)
         photos = torch.cat(
             [self._to_tensor(resize_long_edge(c.convert("RGB"), params.size)) for c in contents]
         )
         schedule = fitted_schedule(final, params, min_input_edge(_layers(params)))
-        total_steps = sum(steps for _, steps in schedule)
-        generator = torch.Generator(device="cpu").manual_seed(params.seed)
-        image: torch.Tensor | None = None
-        done = 0
+        budget = self.pixel_budget()
+        tiled = final[0] * final[1] > budget
+        # Tiled: every scale that fits runs whole; the last (full-size) scale runs tile by tile.
+        whole = [(e, n) for e, n in schedule[:-1] if _pixels(final, e) <= budget] if tiled else []
+        if tiled and not whole:
+            whole = [(_fitting_edge(final, params.size, budget), schedule[0][1])]
+        plan = StepPlan(
+            whole if tiled else list(schedule),
+            tile_steps=schedule[-1][1] if tiled else 0,
+            tiles=tile_grid(final[1], final[0], _tile_edge(budget)) if tiled else [],
+        )
         try:
-            for number, (long_edge, steps) in enumerate(schedule, start=1):
-                width, height = working_size(final, long_edge)
-                photo = _resize(photos, height, width)
-                if image is None:
-                    image = self._initial(photo, params, generator)
-                else:
-                    image = _resize(image, height, width).clamp(0, 1)
-                objective = self._objective(photo, style, params, long_edge)
-                report = StepReport(number, len(schedule), long_edge, done, total_steps, started)
-                image = run_scale(
-                    objective, image, steps, report, progress=progress, should_stop=should_stop
-                )
-                done += steps
-            assert image is not None
-            final_loss = objective.evaluate(image)
+            image, final_loss = self._optimise(
+                photos,
+                style,
+                params,
+                final=final,
+                plan=plan,
+                started=started,
+                progress=progress,
+                should_stop=should_stop,
+            )
             if params.preserve_colors == "luminance":
                 image = color.keep_luminance(image, photos)
         except torch.OutOfMemoryError as exc:
             self._release_memory()
             raise OutOfMemoryError(
                 f"out of memory on {self.device} for {len(contents)} photo(s) at "
-                f"{params.size} px: use a smaller batch or size"
+                f"{params.size} px: lower engine.memory_budget_mb, the batch or the size"
             ) from exc
         seconds = time.perf_counter() - started
         return [
             Stylized(
                 image=_to_pil(image[i]),
                 loss=final_loss[i],
-                steps=total_steps,
+                steps=plan.total,
                 seconds=seconds,
                 device=str(self.device),
             )
             for i in range(len(contents))
         ]
+
+    def _optimise(
+        self,
+        photos: torch.Tensor,
+        style: StyleSpec,
+        params: StyleParams,
+        *,
+        final: tuple[int, int],
+        plan: StepPlan,
+        started: float,
+        progress: ProgressCallback | None,
+        should_stop: StopCheck | None,
+    ) -> tuple[torch.Tensor, list[LossTerms]]:
+        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        image: torch.Tensor | None = None
+        done = 0
+        scales = len(plan.whole) + (1 if plan.tiles else 0)
+        for number, (long_edge, steps) in enumerate(plan.whole, start=1):
+            width, height = working_size(final, long_edge)
+            photo = _resize(photos, height, width)
+            if image is None:
+                image = self._initial(photo, params, generator)
+            else:
+                image = _resize(image, height, width).clamp(0, 1)
+            objective = self._objective(photo, style, params, long_edge)
+            report = StepReport(number, scales, long_edge, done, plan.total, started)
+            image = run_scale(
+                objective, image, steps, report, progress=progress, should_stop=should_stop
+            )
+            done += steps
+        assert image is not None
+        if not plan.tiles:
+            return image, objective.evaluate(image)
+        image = _resize(image, final[1], final[0]).clamp(0, 1)
+        report = StepReport(scales, scales, params.size, done, plan.total, started)
+        return self._refine_tiles(
+            photos,
+            image,
+            style,
+            params,
+            plan=plan,
+            report=report,
+            progress=progress,
+            should_stop=should_stop,
+        )
+
+    def _refine_tiles(
+        self,
+        photo: torch.Tensor,
+        start: torch.Tensor,
+        style: StyleSpec,
+        params: StyleParams,
+        *,
+        plan: StepPlan,
+        report: StepReport,
+        progress: ProgressCallback | None,
+        should_stop: StopCheck | None,
+    ) -> tuple[torch.Tensor, list[LossTerms]]:
+        """The full-size scale, tile by tile; overlaps are blended with linear ramps."""
+        matched = photo if params.preserve_colors == "histogram" else None
+        style_targets = self._style_targets(style, params, params.size, photo=matched)
+        # The canvas lives on the CPU: a 4096 px image is large next to one tile's activations.
+        total = torch.zeros(start.shape, dtype=torch.float32)
+        weight = torch.zeros((1, 1, *start.shape[2:]), dtype=torch.float32)
+        losses_sum = [0.0, 0.0, 0.0]
+        for index, (y0, y1, x0, x1) in enumerate(plan.tiles):
+            tile_photo = photo[..., y0:y1, x0:x1]
+            objective = self._objective(
+                tile_photo, style, params, params.size, style_targets=style_targets
+            )
+            tile_report = dataclasses.replace(
+                report, first_step=report.first_step + index * plan.tile_steps
+            )
+            out = run_scale(
+                objective,
+                start[..., y0:y1, x0:x1],
+                plan.tile_steps,
+                tile_report,
+                progress=progress,
+                should_stop=should_stop,
+            )
+            terms = objective.evaluate(out)[0]
+            area = (y1 - y0) * (x1 - x0)
+            losses_sum = [
+                a + b * area
+                for a, b in zip(losses_sum, (terms.content, terms.style, terms.tv), strict=True)
+            ]
+            ramp = feather(y1 - y0, x1 - x0, plan.tiles, (y0, y1, x0, x1))
+            total[..., y0:y1, x0:x1] += out.float().cpu() * ramp
+            weight[..., y0:y1, x0:x1] += ramp
+        pixels = start.shape[2] * start.shape[3]
+        # Overlaps count twice in the sum of tile areas: an area-weighted mean over the tiles.
+        covered = sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in plan.tiles) or pixels
+        loss = LossTerms(*(v / covered for v in losses_sum))
+        return (total / weight).to(self.device).clamp(0, 1), [loss]
 
     def _initial(
         self, photo: torch.Tensor, params: StyleParams, generator: torch.Generator
@@ -261,12 +398,19 @@ class Stylizer:
         return photo.clone()
 
     def _objective(
-        self, photo: torch.Tensor, style: StyleSpec, params: StyleParams, long_edge: int
+        self,
+        photo: torch.Tensor,
+        style: StyleSpec,
+        params: StyleParams,
+        long_edge: int,
+        style_targets: dict[str, torch.Tensor] | None = None,
     ) -> Objective:
         with torch.no_grad(), self._autocast():
             features = self.model(self._layout(photo), params.content_layers, params.pooling)
         content_targets = {name: f.float() for name, f in features.items()}
-        if params.preserve_colors == "histogram":
+        if style_targets is not None:
+            pass  # given: a tile of a larger picture shares the whole picture's targets
+        elif params.preserve_colors == "histogram":
             per_photo = [
                 self._style_targets(style, params, long_edge, photo=photo[i : i + 1])
                 for i in range(photo.shape[0])
@@ -309,16 +453,47 @@ class Stylizer:
             painting = self._to_tensor(resize_long_edge(picture, edge))
             if photo is not None:
                 painting = color.match_histogram(painting, photo)
-            with torch.no_grad(), self._autocast():
-                features = self.model(self._layout(painting), params.style_layers, params.pooling)
-            for layer in params.style_layers:
-                g = losses.gram(features[layer]) * weight
-                blended[layer] = blended[layer] + g if layer in blended else g
+            for layer, g in self._painting_grams(painting, params).items():
+                blended[layer] = blended[layer] + g * weight if layer in blended else g * weight
         if photo is None:
             self._targets[key] = blended
             while len(self._targets) > self.config.style_cache_size:
                 self._targets.popitem(last=False)
         return blended
+
+    def _painting_grams(
+        self, painting: torch.Tensor, params: StyleParams
+    ) -> dict[str, torch.Tensor]:
+        """Gram matrices of a (1, 3, H, W) painting; one larger than the budget is summed over
+        tiles, which gives the same matrices up to the convolutions' borders."""
+        height, width = painting.shape[2:]
+        # No gradients are kept here, so a pass holds several times more pixels than a step.
+        budget = self.pixel_budget() * 4
+        rows = cols = 1
+        while (height // rows) * (width // cols) > budget:
+            rows, cols = (rows + 1, cols) if height / rows >= width / cols else (rows, cols + 1)
+        ys = [round(i * height / rows) for i in range(rows + 1)]
+        xs = [round(i * width / cols) for i in range(cols + 1)]
+        sums: dict[str, torch.Tensor] = {}
+        positions: dict[str, int] = dict.fromkeys(params.style_layers, 0)
+        for y0, y1 in itertools.pairwise(ys):
+            for x0, x1 in itertools.pairwise(xs):
+                with torch.no_grad(), self._autocast():
+                    features = self.model(
+                        self._layout(painting[..., y0:y1, x0:x1]),
+                        params.style_layers,
+                        params.pooling,
+                    )
+                for layer in params.style_layers:
+                    f = features[layer]
+                    positions[layer] += f.shape[2] * f.shape[3]
+                    # gram() divides by C·H·W; undo that to sum, and divide once at the end.
+                    g = losses.gram(f) * (f.shape[1] * f.shape[2] * f.shape[3])
+                    sums[layer] = sums[layer] + g if layer in sums else g
+        return {
+            layer: sums[layer] / (sums[layer].shape[1] * positions[layer])
+            for layer in params.style_layers
+        }
 
     def _check_layers(self, params: StyleParams) -> None:
         deepest = max(LAYER_INDEX[name] for name in _layers(params))
@@ -346,6 +521,24 @@ class Stylizer:
         self._targets.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _pixels(size: tuple[int, int], long_edge: int) -> int:
+    width, height = working_size(size, long_edge)
+    return width * height
+
+
+def _fitting_edge(size: tuple[int, int], long_edge: int, budget: int) -> int:
+    """The largest long edge (at most `long_edge`) whose picture fits in `budget` pixels."""
+    edge = long_edge
+    while edge > 16 and _pixels(size, edge) > budget:
+        edge = int(edge * 0.9)
+    return edge
+
+
+def _tile_edge(budget: int) -> int:
+    """Square tiles that fit the budget, in multiples of 16 so that pooling divides them."""
+    return max(32, math.isqrt(budget) // 16 * 16)
 
 
 def _layers(params: StyleParams) -> tuple[str, ...]:
