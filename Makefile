@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test soak bench install check-unit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,24 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check engine daemon tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+
+# The long fault and load runs (kill -9 loops, bursts, big fuzz runs, a 4096 px output on CPU).
+soak: $(STAMP)
+	$(BIN)/pytest -m slow
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_daemon.py
+
+# The systemd service (as root: sudo make install). See systemd/README.md.
+install:
+	systemd/install.sh
+
+# The unit's sandbox must stay below an exposure of 3.0; the installer must stay shellcheck-clean.
+check-unit:
+	shellcheck systemd/install.sh
+	systemd-analyze security --offline=true --threshold=30 systemd/stylewatch.service
 
 clean:
 	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache
