@@ -238,7 +238,9 @@ def _run(args: argparse.Namespace) -> int:
     except JournalError as exc:
         raise CliError(str(exc), ExitCode.CONFIG) from exc
     except errors.EngineError as exc:
-        raise CliError(str(exc), ExitCode.CONFIG) from exc
+        # The config was validated: what is left is the device (a GPU not ready yet at boot).
+        # TEMPFAIL lets systemd restart the service; CONFIG (78) would stop it for good.
+        raise CliError(str(exc), ExitCode.TEMPFAIL) from exc
     return ExitCode.OK
 
 

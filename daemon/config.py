@@ -329,6 +329,7 @@ _ENGINE_KEYS = (
     "style_cache_size",
     "batch_size",
     "stuck_seconds",
+    "memory_budget_mb",
 )
 _STYLE_KEYS = ("image", "images")
 _RULE_KEYS = ("match", "styles", "output")
@@ -512,6 +513,8 @@ class _Loader:
                 value = self.choice(node, key, PRECISIONS)
             elif name == "download":
                 value = self.boolean(node, key)
+            elif name == "memory_budget_mb":
+                value = self.integer(node, key, lambda v: v >= 1, "a number of MiB >= 1")
             elif name == "style_cache_size":
                 value = self.integer(node, key, lambda v: 1 <= v <= 4096, "between 1 and 4096")
             elif name == "batch_size":

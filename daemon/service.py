@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import threading
 import time
@@ -125,7 +126,13 @@ class Service:
             found = watcher.scan()
             worker_thread.start()
             log.info(
-                "service_ready", mode=watcher.mode, files_found=found, queued=journal.queued_count()
+                "service_ready",
+                mode=watcher.mode,
+                files_found=found,
+                queued=journal.queued_count(),
+                # Where the model runs: `device: auto` falls back to the CPU when no GPU is seen.
+                device=str(getattr(engine, "device", "unknown")),
+                precision=str(getattr(engine, "precision", config.engine.engine.precision)),
             )
             self._notifier.ready(self._status_text(journal))
             self._main_loop(journal, watcher, worker, worker_thread)
@@ -153,8 +160,10 @@ class Service:
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload()
-            for path in self._tracker.due():
-                self._intake(journal, path)
+            # Wake the worker once per round, not per file: a burst that settled together is
+            # queued together and so can run as one batch.
+            if sum(self._intake(journal, path) for path in self._tracker.due()):
+                self._worker_wake.set()
             now = time.monotonic()
             if now >= next_status:
                 self._notifier.status(self._status_text(journal))
@@ -214,6 +223,8 @@ class Service:
         self._tracker.forget(path)
         with self._taken_lock:
             self._taken.pop(path, None)
+        if _undecodable(relpath) is not None:
+            return  # never queued (see _intake)
         cancelled = self.journal.cancel_source(
             str(relpath), "source removed before it was processed"
         )
@@ -222,30 +233,41 @@ class Service:
 
     # -- intake: a settled file becomes jobs ----------------------------------------------------
 
-    def _intake(self, journal: Journal, path: Path) -> None:
+    def _intake(self, journal: Journal, path: Path) -> int:
+        """A settled file: decide, fingerprint, queue. Returns how many jobs it queued."""
         config = self.config
         relpath = PurePosixPath(path.relative_to(config.input).as_posix())
         signature = stat_signature(path)
         if signature is None:
-            return
+            return 0
         with self._taken_lock:
             if self._taken.get(path) == signature:
                 # Opened or closed without a change (our own worker reading it, a viewer).
-                return
+                return 0
+        shown = _undecodable(relpath)
+        if shown is not None:
+            log.warning(
+                "file_ignored",
+                source=shown,
+                reason="undecodable_name",
+                detail="the name is not valid UTF-8, which the journal needs; rename the file",
+            )
+            self._remember(path, signature)
+            return 0
         decision = rules.decide(config, relpath)
         if isinstance(decision, rules.Ignored):
             log.info(
                 "file_ignored", source=str(relpath), reason=decision.reason, detail=decision.detail
             )
             self._remember(path, signature)
-            return
+            return 0
         if isinstance(decision, rules.Unmatched):
             if relpath not in self._unmatched:
                 self._unmatched.add(relpath)
                 log.info("file_unmatched", source=str(relpath), hint="no rule matches this path")
             self._remember(path, signature)
-            return
-        self._queue(journal, path, relpath, decision, signature)
+            return 0
+        return self._queue(journal, path, relpath, decision, signature)
 
     def _queue(
         self,
@@ -254,18 +276,18 @@ class Service:
         relpath: PurePosixPath,
         decision: rules.Plan,
         signature: Signature,
-    ) -> None:
+    ) -> int:
         """One job per planned output, unless this content was already done in that style."""
         try:
             fingerprint = journal.fingerprint(str(relpath), path)
         except SourceChangedError:
             self._tracker.activity(path)  # still being written after all: wait again
-            return
+            return 0
         except FileNotFoundError:
-            return
+            return 0
         except OSError as exc:
             log.warning("source_unreadable", source=str(relpath), error=str(exc))
-            return
+            return 0
         self._remember(path, signature)
         queued = 0
         for output in decision.outputs:
@@ -292,8 +314,7 @@ class Service:
                     output=spec.output,
                     job=job.id,
                 )
-        if queued:
-            self._worker_wake.set()
+        return queued
 
     def _remember(self, path: Path, signature: Signature) -> None:
         with self._taken_lock:
@@ -359,3 +380,14 @@ class Service:
         if deadline is not None:
             wake_at.append(deadline)
         return max(0.01, min(wake_at) - now)
+
+
+def _undecodable(relpath: PurePosixPath) -> str | None:
+    """A printable form of a name that is not valid UTF-8 (bytes from an old camera or share),
+    or None for a good name. The journal keeps names as SQLite text, which must be UTF-8."""
+    text = str(relpath)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return None

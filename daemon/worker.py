@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import threading
 import time
@@ -237,7 +238,12 @@ class Worker:
                 if self._journal.output_owner(claimed) != (job.source, job.fingerprint):
                     raise
         except OSError as exc:
-            self._fail(job, exc, "io", permanent=False)
+            if exc.errno == errno.ENAMETOOLONG:
+                # The source's name plus what the template adds is over the filesystem's limit
+                # (255 bytes on most): every retry would fail the same way.
+                self._fail(job, exc, "output_name_too_long", permanent=True)
+            else:
+                self._fail(job, exc, "io", permanent=False)
             return
         self._journal.mark_done(job.id, claimed)
         width, height = result.image.size

@@ -123,3 +123,18 @@ def test_a_4096_px_output_works_on_the_cpu_within_a_budget(
     result = engine.stylize(photo, StyleSpec.of(style_files[0]), params)
     assert max(result.image.size) == 4096
     assert np.isfinite(_array(result.image)).all()
+
+
+def test_the_memory_budget_and_stuck_time_are_config_settings(tmp_path: Path) -> None:
+    from daemon.config import load_config
+
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "p.jpg").write_bytes(b"painting")
+    (tmp_path / "c.yaml").write_text(
+        "input: inbox\noutput: outbox\nstate: state\n"
+        "engine: {memory_budget_mb: 8000, stuck_seconds: 5}\n"
+        "styles: {s: {image: p.jpg}}\nrules: [{match: '**/*', styles: [s]}]\n"
+    )
+    config = load_config(tmp_path / "c.yaml")
+    assert config.engine.engine.memory_budget_mb == 8000
+    assert config.engine.stuck_seconds == 5.0
