@@ -256,7 +256,9 @@ class VGGFeatures(nn.Module):
         wanted = set(layers)
         deepest = max(LAYER_INDEX[name] for name in wanted)
         out: dict[str, torch.Tensor] = {}
-        x = self.normalise(image)
+        # oneDNN and cuDNN run convolutions fastest in NHWC. Converted here, after the input's
+        # normalisation, so that the pixels being optimised stay NCHW (L-BFGS flattens them).
+        x = self.normalise(image).contiguous(memory_format=torch.channels_last)
         for index, module in self._modules_until(deepest):
             if isinstance(module, nn.MaxPool2d) and pooling == "avg":
                 x = F.avg_pool2d(x, kernel_size=2, stride=2)
