@@ -145,6 +145,21 @@ def step_flops(
     return counts[1] - counts[0]
 
 
+def loss_in_fp32(
+    reference: Stylizer,
+    image: Image.Image,
+    photo: Image.Image,
+    style: StyleSpec,
+    params: StyleParams,
+) -> float:
+    """The full-size loss of a result, evaluated by an fp32 engine."""
+    from engine.images import resize_long_edge
+
+    content = reference._to_tensor(resize_long_edge(photo, params.size))
+    objective = reference._objective(content, style, params, params.size)
+    return objective.evaluate(reference._to_tensor(image))[0].total
+
+
 def steady_step_seconds(records: list[Progress]) -> float:
     """Median time between steps, leaving out the first step (warm-up, target building)."""
     stamps = [r.seconds for r in records]
@@ -195,6 +210,10 @@ def main() -> None:
             for p in args.precisions
         }
         device = next(iter(engines.values())).device
+        # Every result's loss is evaluated by an fp32 engine, so that precisions compare fairly.
+        reference = engines.get("fp32") or Stylizer(
+            EngineConfig(device=args.device, weights=weights, precision="fp32", download=False)
+        )
         baseline = TutorialBaseline(weights, device)
         peak, peak_dtype = matrix_peak(device)
         threads = torch.get_num_threads()
@@ -222,16 +241,21 @@ def main() -> None:
             _sync(device)
             base_photo = time.perf_counter() - start
             base_step = steady_step_seconds(base_records)
-            for precision, engine in engines.items():
+            fp32_loss: float | None = None
+            # fp32 first: the others' final losses are compared with its.
+            for precision, engine in sorted(engines.items(), key=lambda e: e[0] != "fp32"):
                 engine.stylize(photo, style, params.replace(steps=2))
                 records: list[Progress] = []
                 _sync(device)
                 start = time.perf_counter()
-                engine.stylize(photo, style, params, progress=records.append)
+                result = engine.stylize(photo, style, params, progress=records.append)
                 _sync(device)
                 photo_seconds = time.perf_counter() - start
                 step = steady_step_seconds(records)
                 flops = step_flops(engine, photo, style, params)
+                loss = loss_in_fp32(reference, result.image, photo, style, params)
+                fp32_loss = loss if precision == "fp32" else fp32_loss
+                loss_gap = None if fp32_loss is None else loss / fp32_loss - 1
                 row = {
                     "size": size,
                     "precision": precision,
@@ -245,13 +269,22 @@ def main() -> None:
                     "gflop_per_step": flops / 1e9,
                     "achieved_gflops": flops / step / 1e9,
                     "fraction_of_peak": flops / step / peak,
+                    "final_loss_fp32_eval": loss,
+                    "loss_vs_fp32": loss_gap,
                 }
                 rows.append(row)
                 print(
                     f"{size:5d}px {precision:5s} baseline {base_step * 1e3:8.1f} ms/step  "
                     f"engine {step * 1e3:8.1f} ms/step  step x{row['step_speedup']:.2f}  "
                     f"photo x{row['photo_speedup']:.2f}  {flops / 1e9:6.1f} GFLOP/step  "
-                    f"{flops / step / 1e9:7.1f} GFLOP/s ({row['fraction_of_peak']:.0%} of peak)"
+                    f"{flops / step / 1e9:7.1f} GFLOP/s ({row['fraction_of_peak']:.0%} of peak)  "
+                    f"final loss {loss:.4g}"
+                    + (
+                        ""
+                        if loss_gap is None
+                        else f" ({loss_gap:+.1%} vs fp32"
+                        f"{', within 2%' if abs(loss_gap) <= 0.02 else ', OVER 2%'})"
+                    )
                 )
                 sys.stdout.flush()
     if args.json:
