@@ -45,6 +45,8 @@ class Engine(Protocol):
 
     def close(self) -> None: ...
 
+    def shrink_memory_budget(self) -> bool: ...
+
 
 # Engine failures of a whole batch: (type, kind recorded in the journal, permanent?).
 _BATCH_FAILURES: tuple[tuple[type[Exception], str, bool], ...] = (
@@ -267,6 +269,11 @@ class Worker:
             for item in items:
                 self._journal.release(item.job.id)
             log.warning("out_of_memory", batch=len(items), next_batch=self._batch_limit)
+            return
+        if self._engine.shrink_memory_budget():
+            # One photo did not fit: try it again at once in smaller tiles.
+            self._journal.release(items[0].job.id)
+            log.warning("out_of_memory", batch=1, source=items[0].job.source, retry="smaller tiles")
             return
         for item in items:
             self._fail(item.job, exc, "out_of_memory", permanent=False)

@@ -150,6 +150,8 @@ class Stylizer:
             # Autotuning pays off because the sizes repeat from photo to photo.
             torch.backends.cudnn.benchmark = True
         self._targets: OrderedDict[Hashable, dict[str, torch.Tensor]] = OrderedDict()
+        # Lowered after running out of memory: the next photos tile at a smaller size.
+        self._budget_factor = 1.0
         # How often style targets were computed rather than found in the cache.
         self.target_computations = 0
 
@@ -164,7 +166,15 @@ class Stylizer:
                 budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
         else:
             budget = budget_mb * 2**20
-        return max(1, budget // BYTES_PER_PIXEL)
+        return max(1, int(budget * self._budget_factor) // BYTES_PER_PIXEL)
+
+    def shrink_memory_budget(self) -> bool:
+        """Halve the memory budget after running out of memory; False once it is so small
+        (64 x 64 px tiles) that shrinking further would not help."""
+        if self.pixel_budget() // 2 < 64 * 64:
+            return False
+        self._budget_factor /= 2
+        return True
 
     # -- the small protocol the daemon uses: prepare_style, stylize, close --------------------
 

@@ -138,3 +138,15 @@ def test_the_memory_budget_and_stuck_time_are_config_settings(tmp_path: Path) ->
     config = load_config(tmp_path / "c.yaml")
     assert config.engine.engine.memory_budget_mb == 8000
     assert config.engine.stuck_seconds == 5.0
+
+
+def test_the_budget_halves_after_running_out_of_memory_down_to_a_floor(
+    vgg_checkpoint: Path,
+) -> None:
+    engine = _engine(vgg_checkpoint, 100)
+    full = engine.pixel_budget()
+    assert engine.shrink_memory_budget()
+    assert engine.pixel_budget() == pytest.approx(full / 2, abs=1)
+    while engine.shrink_memory_budget():
+        pass
+    assert 64 * 64 <= engine.pixel_budget() < 2 * 64 * 64

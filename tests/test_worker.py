@@ -25,6 +25,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self.batches: list[int] = []
         self.fail_with: Exception | None = None
+        self.shrunk = 0
 
     def prepare_style(self, style: StyleSpec, params: StyleParams) -> None:
         pass
@@ -54,6 +55,10 @@ class FakeEngine:
 
     def close(self) -> None:
         pass
+
+    def shrink_memory_budget(self) -> bool:
+        self.shrunk += 1
+        return self.shrunk <= 1  # one halving, then nothing smaller is possible
 
 
 @pytest.fixture
@@ -183,3 +188,16 @@ def test_a_full_disk_is_retried_and_the_output_folder_keeps_no_partial_file(
     (job,) = journal.jobs()
     assert (job.state, job.error_kind) == (JobState.QUEUED, "io")
     assert "No space left" in (job.last_error or "")
+
+
+def test_a_single_photo_out_of_memory_retries_in_smaller_tiles_then_backs_off(setup) -> None:
+    config, journal, engine, worker = setup
+    enqueue(config, journal, "big.png", (1, 2, 3))
+    engine.fail_with = errors.OutOfMemoryError("out of memory")
+    worker.run_once()
+    (job,) = journal.jobs()
+    assert (job.state, job.attempts, engine.shrunk) == (JobState.QUEUED, 0, 1)  # released
+    worker.run_once()  # still too big, and the budget cannot shrink again: backoff
+    (job,) = journal.jobs()
+    assert (job.state, job.error_kind) == (JobState.QUEUED, "out_of_memory")
+    assert job.not_before > 1000.0
