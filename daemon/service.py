@@ -22,7 +22,7 @@ import structlog
 from daemon import rules
 from daemon.config import Config, load_config
 from daemon.errors import ConfigError
-from daemon.journal import JobSpec, Journal, SourceChangedError
+from daemon.journal import JobSpec, Journal, JournalError, SourceChangedError
 from daemon.notify import Notifier
 from daemon.outputs import clean_stale_temporaries
 from daemon.stability import Signature, StabilityTracker, stat_signature
@@ -116,7 +116,7 @@ class Service:
         self._prepare_styles(engine, config)
         self.journal = journal
         watcher = Watcher(config, self)
-        worker = Worker(journal, engine, lambda: self.config)
+        worker = Worker(journal, engine, lambda: self.config, source_missing=self._source_missing)
         worker_stop = threading.Event()
         worker_thread = threading.Thread(
             target=self._run_worker, args=(worker, worker_stop), name="stylewatch-worker"
@@ -162,7 +162,7 @@ class Service:
                 self._reload()
             # Wake the worker once per round, not per file: a burst that settled together is
             # queued together and so can run as one batch.
-            if sum(self._intake(journal, path) for path in self._tracker.due()):
+            if sum(self._intake_or_defer(journal, path) for path in self._tracker.due()):
                 self._worker_wake.set()
             now = time.monotonic()
             if now >= next_status:
@@ -193,6 +193,21 @@ class Service:
             except Exception:  # a journal or disk error: log it, wait, carry on
                 log.exception("worker_error")
                 stop.wait(5.0)
+                self._requeue_abandoned()
+
+    def _requeue_abandoned(self) -> None:
+        """Put the jobs of the batch that just broke off back in the queue.
+
+        They are still marked running, and nothing would take them again before a restart. Only
+        the worker thread runs jobs, so every running job belongs to that batch.
+        """
+        try:
+            requeued = self.journal.recover()
+        except JournalError as exc:  # still failing: the next round tries again
+            log.warning("requeue_failed", error=str(exc))
+            return
+        if requeued:
+            log.info("jobs_requeued", jobs=requeued, reason="worker_error")
 
     # -- what the watcher reports (called from its threads) -------------------------------------
 
@@ -231,7 +246,26 @@ class Service:
         if cancelled:
             log.info("job_cancelled", source=str(relpath), jobs=cancelled, reason="source_removed")
 
+    def _source_missing(self, source: str) -> None:
+        """The worker found no file for a queued job (called from its thread). Forget that it was
+        taken in: if the same file comes back (its folder was away), the rescan queues it again."""
+        with self._taken_lock:
+            self._taken.pop(self.config.input / source, None)
+
     # -- intake: a settled file becomes jobs ----------------------------------------------------
+
+    def _intake_or_defer(self, journal: Journal, path: Path) -> int:
+        try:
+            return self._intake(journal, path)
+        except JournalError as exc:
+            # Another program holds the journal's write lock (an sqlite3 shell), or its disk is
+            # full: try this file again after the settle time instead of stopping the service.
+            with self._taken_lock:
+                self._taken.pop(path, None)
+            self._tracker.activity(path)
+            relpath = path.relative_to(self.config.input).as_posix()
+            log.warning("intake_deferred", source=relpath, error=str(exc))
+            return 0
 
     def _intake(self, journal: Journal, path: Path) -> int:
         """A settled file: decide, fingerprint, queue. Returns how many jobs it queued."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -86,11 +87,15 @@ class Worker:
         config: Callable[[], Config],
         *,
         wall: Callable[[], float] = time.time,
+        source_missing: Callable[[str], None] | None = None,
     ) -> None:
         self._journal = journal
         self._engine = engine
         self._config = config
         self._wall = wall
+        # Told of a job cancelled because its source was not there: the file may come back
+        # unchanged (an input folder on a share that was away), and must then be taken in again.
+        self._source_missing = source_missing
         self._abort = threading.Event()
         self._batch_limit: int | None = None  # lowered after running out of memory
         self.heartbeat = time.monotonic()  # last sign of life, for systemd's watchdog
@@ -192,6 +197,8 @@ class Worker:
         except FileNotFoundError:
             self._journal.cancel(job.id, "source removed before it was processed")
             log.info("job_cancelled", source=job.source, style=job.style, reason="source_removed")
+            if self._source_missing is not None:
+                self._source_missing(job.source)
             return None
         except OSError as exc:
             self._fail(job, exc, "io", permanent=False)
@@ -224,7 +231,9 @@ class Worker:
                 job.output,
                 job.source,
                 job.fingerprint,
-                taken=lambda rel: (config.output / rel).exists(),
+                # lexists: a dangling symlink occupies the name too (exists() follows it and
+                # says no; link() would then fail and the job pass as done with no output).
+                taken=lambda rel: os.path.lexists(config.output / rel),
             )
             data = images.encode(
                 result.image,

@@ -44,6 +44,9 @@ _DECODER_ERRORS = (
     struct.error,
     zlib.error,
     Image.DecompressionBombError,
+    # NotImplementedError, a subclass, for variants a plugin cannot read (DDS pixel formats, BLP
+    # encodings): as unusable as damaged data, and found so by the trust suite's fuzzing.
+    RuntimeError,
 )
 # What reading or rewriting a damaged EXIF block raises; the photo is still good without it.
 _EXIF_ERRORS = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, struct.error)
