@@ -44,8 +44,13 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, env: dict[str, str] | None = None) -> Daemon:
+        # Restarts append to the same log: wait for this process's own service_ready line.
+        before = self._count("service_ready")
         self.launch(env)
-        wait_until(lambda: self.saw("service_ready") or self.exited(), "the daemon to be ready")
+        wait_until(
+            lambda: self._count("service_ready") > before or self.exited(),
+            "the daemon to be ready",
+        )
         assert self.proc.poll() is None, self.log.read_text()
         return self
 
@@ -72,6 +77,9 @@ class Daemon:
             raise AssertionError(f"the daemon exited while waiting for {what}:\n{tail}")
 
         return wait_until(met_or_dead, what, timeout)
+
+    def _count(self, event: str) -> int:
+        return sum(e.get("event") == event for e in self.events())
 
     def exited(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
