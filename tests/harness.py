@@ -36,6 +36,25 @@ def photo(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (48,
     return path
 
 
+# The minimal config of the daemon issue, word for word: it must work as it reads.
+MINIMAL = """\
+input: inbox            # relative to this file
+output: outbox
+state: state
+watch: {settle_seconds: 1, rescan_interval: 60}
+engine: {device: auto}
+styles:
+  starry: {image: styles/starry_night.jpg}
+  blend: {images: [{path: styles/the_scream.jpg, weight: 0.7}, {path: styles/shipwreck.jpg, weight: 0.3}]}
+defaults: {size: 512, steps: 300}
+rules:
+  - match: "booth1/**/*.jpg"
+    styles: [starry, blend]
+  - match: "**/*"
+    styles: [starry]
+"""  # noqa: E501 - the issue's text, verbatim
+
+
 class Daemon:
     def __init__(self, root: Path, config: Path) -> None:
         self.root = root

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path, PurePosixPath
 
 import pytest
+from harness import MINIMAL
 
 from daemon.config import (
     Config,
@@ -22,22 +23,6 @@ from engine.params import StyleImage, StyleParams
 REPO = Path(__file__).resolve().parent.parent
 
 # The issue's minimal config, verbatim.
-MINIMAL = """\
-input: inbox            # relative to this file
-output: outbox
-state: state
-watch: {settle_seconds: 1, rescan_interval: 60}
-engine: {device: auto}
-styles:
-  starry: {image: styles/starry_night.jpg}
-  blend: {images: [{path: styles/the_scream.jpg, weight: 0.7}, {path: styles/shipwreck.jpg, weight: 0.3}]}
-defaults: {size: 512, steps: 300}
-rules:
-  - match: "booth1/**/*.jpg"
-    styles: [starry, blend]
-  - match: "**/*"
-    styles: [starry]
-"""  # noqa: E501 - the issue's text, verbatim
 
 
 def make_site(root: Path) -> Path:

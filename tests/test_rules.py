@@ -6,28 +6,14 @@ import textwrap
 from pathlib import Path, PurePosixPath
 
 import pytest
+from harness import MINIMAL
 
 from daemon.config import Config, load_config
 from daemon.rules import Ignored, Plan, Unmatched, decide, ignored, plan
 from engine.params import StyleImage, StyleParams
 
 # The issue's minimal config, verbatim.
-MINIMAL = """\
-input: inbox            # relative to this file
-output: outbox
-state: state
-watch: {settle_seconds: 1, rescan_interval: 60}
-engine: {device: auto}
-styles:
-  starry: {image: styles/starry_night.jpg}
-  blend: {images: [{path: styles/the_scream.jpg, weight: 0.7}, {path: styles/shipwreck.jpg, weight: 0.3}]}
-defaults: {size: 512, steps: 300}
-rules:
-  - match: "booth1/**/*.jpg"
-    styles: [starry, blend]
-  - match: "**/*"
-    styles: [starry]
-"""  # noqa: E501 - the issue's text, verbatim
+
 
 # A config whose sections are filled in by each test: {folders}, {watch}, {rules}.
 SKELETON = """\
