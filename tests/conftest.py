@@ -7,10 +7,12 @@ users use (an explicit path, or torch's hub cache under a temporary TORCH_HOME).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from harness import Fleet
 from PIL import Image
 
 from engine.params import EngineConfig
@@ -48,6 +50,14 @@ def hub_cached(torch_home: Path, vgg_checkpoint: Path) -> Path:
     target.parent.mkdir(parents=True)
     shutil.copyfile(vgg_checkpoint, target)
     return target
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, vgg_checkpoint: Path, style_files: tuple[Path, Path]) -> Iterator[Fleet]:
+    """Real daemons on one set of folders (tests/harness.py), stopped after the test."""
+    crew = Fleet(tmp_path, vgg_checkpoint, style_files)
+    yield crew
+    crew.close()
 
 
 @pytest.fixture(scope="session")

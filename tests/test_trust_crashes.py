@@ -12,7 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,13 +29,6 @@ from harness import (
 )
 
 from daemon.journal import Journal, JournalError
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, vgg_checkpoint: Path, style_files: tuple[Path, Path]) -> Iterator[Fleet]:
-    crew = Fleet(tmp_path, vgg_checkpoint, style_files)
-    yield crew
-    crew.close()
 
 
 def run_once(config: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

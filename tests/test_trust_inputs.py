@@ -12,7 +12,6 @@ import resource
 import signal
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,14 +31,6 @@ from PIL import Image
 
 from engine import images
 from engine.errors import BadImageError
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, vgg_checkpoint: Path, style_files: tuple[Path, Path]) -> Iterator[Fleet]:
-    crew = Fleet(tmp_path, vgg_checkpoint, style_files)
-    yield crew
-    crew.close()
-
 
 LONG = "x" * 251 + ".jpg"  # 255 bytes, the longest name ext4 allows
 ODD_NAMES = {

@@ -28,13 +28,6 @@ from harness import (
 QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, vgg_checkpoint: Path, style_files: tuple[Path, Path]) -> Iterator[Fleet]:
-    crew = Fleet(tmp_path, vgg_checkpoint, style_files)
-    yield crew
-    crew.close()
-
-
 def count(daemon: Daemon, event: str, **fields: object) -> int:
     return sum(
         e.get("event") == event and all(e.get(k) == v for k, v in fields.items())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -23,13 +22,6 @@ from hypothesis import strategies as st
 from daemon import rules
 from daemon.config import load_config
 from daemon.errors import ConfigError
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, vgg_checkpoint: Path, style_files: tuple[Path, Path]) -> Iterator[Fleet]:
-    crew = Fleet(tmp_path, vgg_checkpoint, style_files)
-    yield crew
-    crew.close()
 
 
 def socket_inodes(pid: int) -> set[int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ from harness import (
     sha256,
 )
 from PIL import Image
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, vgg_checkpoint: Path, style_files: tuple[Path, Path]) -> Iterator[Fleet]:
-    crew = Fleet(tmp_path, vgg_checkpoint, style_files)
-    yield crew
-    crew.close()
 
 
 def picture_bytes(scratch: Path, colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:
