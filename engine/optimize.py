@@ -8,16 +8,27 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import structlog
 import torch
 
 from engine import losses
 from engine.errors import Cancelled, NumericalError
+from engine.lbfgs import LBFGS
 from engine.params import LossTerms, Progress, StyleParams
 from engine.vgg import VGGFeatures
 
+log = structlog.get_logger()
+
 ProgressCallback = Callable[[Progress], None]
-LBFGS_START_LOSS = 100.0
 StopCheck = Callable[[], bool]
+LBFGS_START_LOSS = 100.0
+LBFGS_HISTORY = 50
+# On a GPU, losses are read back (one wait for the device) once per this many steps: a step at
+# 512 px takes about a millisecond there, and a wait costs tens of microseconds plus the queue.
+REPORT_EVERY_ON_GPU = 25
+# Passes run before a capture, on a side stream: cuDNN's autotuning and the allocator's first
+# requests must happen outside the graph.
+GRAPH_WARMUP = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,65 @@ class Objective:
         return [LossTerms(c, s, t) for c, s, t in zip(content, style, tv, strict=True)]
 
 
+class GraphPolicy:
+    """Whether the forward and backward pass of a step is captured as a CUDA graph.
+
+    A VGG19 pass with its losses is about two hundred kernels; launched one by one from Python
+    they take longer than the GPU needs to run them at small sizes. Captured once per scale and
+    replayed, they cost one launch. One policy lives as long as its Stylizer: if a capture ever
+    fails (a driver or an operation that cannot be captured), it says why in the log, turns
+    itself off and the work goes on without graphs.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.failure: str | None = None
+
+    def capture(
+        self, closure: Callable[[], torch.Tensor], image: torch.Tensor
+    ) -> Callable[[], torch.Tensor]:
+        """`closure` itself, or a function that replays its capture (same effects: the loss it
+        returns and image.grad are rewritten in place at each call)."""
+        if not self.enabled:
+            return closure
+        try:
+            return _capture(closure, image)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:
+            self.enabled = False
+            self.failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning(
+                "cuda_graphs_off",
+                reason=self.failure,
+                effect="steps run without CUDA graphs from now on (slower at small sizes)",
+                hint="set engine.cuda_graphs: false to skip the attempt",
+            )
+            image.grad = None
+            return closure
+
+
+def _capture(
+    closure: Callable[[], torch.Tensor], image: torch.Tensor
+) -> Callable[[], torch.Tensor]:
+    device = image.device
+    side = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(GRAPH_WARMUP):
+            closure()  # the pixels do not move: the same gradient each time
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = closure()  # image.grad now points into the graph's memory
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return loss
+
+    return replay
+
+
 @dataclass(frozen=True)
 class StepReport:
     """Where a scale sits in the whole run, for progress records."""
@@ -76,8 +146,17 @@ def run_scale(
     *,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    graphs: GraphPolicy | None = None,
+    report_every: int | None = None,
 ) -> torch.Tensor:
-    """Optimise `init` (N, 3, H, W) in [0, 1] for `steps` steps; returns the new pixels."""
+    """Optimise `init` (N, 3, H, W) in [0, 1] for `steps` steps; returns the new pixels.
+
+    Nothing in a step waits for the device: the losses are gathered on it and read back every
+    `report_every` steps (default: every step on the CPU, where reading costs nothing, and
+    REPORT_EVERY_ON_GPU elsewhere), which is also when progress is reported and a non-finite
+    loss is caught. On CUDA the forward and backward
+    pass is captured once as a CUDA graph and replayed (see `GraphPolicy`).
+    """
     params = objective.params
     image = init.detach().clone().requires_grad_(True)
     # L-BFGS tests curvature (y·s > 1e-10) and sizes its first step (1/|g|₁) in absolute terms,
@@ -95,45 +174,54 @@ def run_scale(
         image.grad = None
         loss = objective.loss(image) * scale
         loss.backward()  # type: ignore[no-untyped-call]
-        return loss
+        return loss.detach()
 
-    step_once: Callable[[], torch.Tensor]
+    update: Callable[[], None]
     if params.optimizer == "lbfgs":
-        # One function evaluation per step() call, so that progress and cancellation land between
-        # steps; the curvature history lives in the optimizer's state across calls. The tolerances
-        # are off: a step budget, not a convergence test, ends the run. No clamping between steps:
-        # moving pixels behind its back corrupts its curvature pairs and makes it diverge; the
-        # result is clamped once at the end instead.
-        lbfgs = torch.optim.LBFGS(
-            [image],
-            lr=params.lr,
-            max_iter=1,
-            history_size=50,
-            tolerance_grad=-1.0,
-            tolerance_change=-1.0,
-        )
-
-        def step_once() -> torch.Tensor:
-            loss: torch.Tensor = lbfgs.step(closure)  # type: ignore[no-untyped-call]
-            return loss
+        # No clamping between steps: moving pixels behind its back corrupts its curvature pairs
+        # and makes it diverge; the result is clamped once at the end instead.
+        update = LBFGS(image, lr=params.lr, history_size=LBFGS_HISTORY).step
     else:
-        adam = torch.optim.Adam([image], lr=params.lr)
+        adam = torch.optim.Adam([image], lr=params.lr, fused=image.device.type == "cuda")
 
-        def step_once() -> torch.Tensor:
-            loss = closure()
+        def update() -> None:
             adam.step()
             with torch.no_grad():
                 image.clamp_(0, 1)
-            return loss
 
+    evaluate = closure
+    if graphs is not None and image.device.type == "cuda":
+        evaluate = graphs.capture(closure, image)
+    if report_every is None:
+        report_every = 1 if image.device.type == "cpu" else REPORT_EVERY_ON_GPU
+    trace = torch.empty(steps, device=image.device)
+    reported = 0
     for step in range(1, steps + 1):
         if should_stop is not None and should_stop():
             raise Cancelled("stopped by request")
-        loss = step_once()
-        value = loss.detach().item() / scale
+        trace[step - 1] = evaluate()
+        update()
+        if step - reported == report_every or step == steps:
+            _report(trace[reported:step].tolist(), reported, scale, report, progress)
+            reported = step
+    return image.detach().clamp(0, 1)
+
+
+def _report(
+    values: list[float],
+    done: int,
+    scale: float,
+    report: StepReport,
+    progress: ProgressCallback | None,
+) -> None:
+    """Check and report the losses of steps done+1 .. done+len(values) of this scale."""
+    seconds = time.perf_counter() - report.started
+    for offset, scaled in enumerate(values, start=1):
+        value = scaled / scale
+        step = report.first_step + done + offset
         if not math.isfinite(value):
             raise NumericalError(
-                f"the loss became {value} at step {report.first_step + step} "
+                f"the loss became {value} at step {step} "
                 f"(scale {report.scale}, {report.size} px); with fp16 precision try bf16 or fp32, "
                 "otherwise lower the learning rate or the loss weights"
             )
@@ -143,10 +231,9 @@ def run_scale(
                     scale=report.scale,
                     scales=report.scales,
                     size=report.size,
-                    step=report.first_step + step,
+                    step=step,
                     steps=report.total_steps,
                     loss=value,
-                    seconds=time.perf_counter() - report.started,
+                    seconds=seconds,
                 )
             )
-    return image.detach().clamp(0, 1)

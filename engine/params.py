@@ -53,6 +53,9 @@ class EngineConfig:
     # fits and refined at full size in overlapping tiles; batches are split to fit. None: 80% of
     # the GPU's memory, or half of the machine's RAM on a CPU.
     memory_budget_mb: int | None = None
+    # On CUDA, capture each scale's forward and backward pass as a CUDA graph and replay it: at
+    # small sizes a step is mostly kernel launches otherwise. Off: launch them one by one.
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("precision", self.precision, PRECISIONS)

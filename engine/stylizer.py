@@ -21,7 +21,14 @@ from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from engine import color, losses
 from engine.errors import BadImageError, EngineError, OutOfMemoryError, StyleError
 from engine.images import decode, resize_long_edge
-from engine.optimize import Objective, ProgressCallback, StepReport, StopCheck, run_scale
+from engine.optimize import (
+    GraphPolicy,
+    Objective,
+    ProgressCallback,
+    StepReport,
+    StopCheck,
+    run_scale,
+)
 from engine.params import EngineConfig, LossTerms, StyleParams, StyleSpec
 from engine.tiles import Tile, feather, tile_grid
 from engine.vgg import LAYER_INDEX, VGGFeatures, load_vgg19_features, min_input_edge
@@ -149,6 +156,8 @@ class Stylizer:
         if self.device.type == "cuda":
             # Autotuning pays off because the sizes repeat from photo to photo.
             torch.backends.cudnn.benchmark = True
+        # Turns itself off for the life of the process if a capture fails.
+        self.graphs = GraphPolicy(self.config.cuda_graphs and self.device.type == "cuda")
         self._targets: OrderedDict[Hashable, dict[str, torch.Tensor]] = OrderedDict()
         # Lowered after running out of memory: the next photos tile at a smaller size.
         self._budget_factor = 1.0
@@ -327,7 +336,13 @@ class Stylizer:
             objective = self._objective(photo, style, params, long_edge)
             report = StepReport(number, scales, long_edge, done, plan.total, started)
             image = run_scale(
-                objective, image, steps, report, progress=progress, should_stop=should_stop
+                objective,
+                image,
+                steps,
+                report,
+                progress=progress,
+                should_stop=should_stop,
+                graphs=self.graphs,
             )
             done += steps
         assert image is not None
@@ -380,6 +395,7 @@ class Stylizer:
                 tile_report,
                 progress=progress,
                 should_stop=should_stop,
+                graphs=self.graphs,
             )
             terms = objective.evaluate(out)[0]
             area = (y1 - y0) * (x1 - x0)
@@ -517,7 +533,9 @@ class Stylizer:
         dtype = _AUTOCAST_DTYPES.get(self.precision)
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        # No cast-weight cache: each weight is cast once per pass anyway, and a CUDA graph
+        # capture refuses one.
+        return torch.autocast(device_type=self.device.type, dtype=dtype, cache_enabled=False)
 
     def _to_tensor(self, picture: Image.Image) -> torch.Tensor:
         pixels: torch.Tensor = pil_to_tensor(picture.convert("RGB"))
