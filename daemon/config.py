@@ -330,6 +330,7 @@ _ENGINE_KEYS = (
     "batch_size",
     "stuck_seconds",
     "memory_budget_mb",
+    "cuda_graphs",
 )
 _STYLE_KEYS = ("image", "images")
 _RULE_KEYS = ("match", "styles", "output")
@@ -511,7 +512,7 @@ class _Loader:
                 value = self.choice(node, key, PREPROCESSES)
             elif name == "precision":
                 value = self.choice(node, key, PRECISIONS)
-            elif name == "download":
+            elif name in ("download", "cuda_graphs"):
                 value = self.boolean(node, key)
             elif name == "memory_budget_mb":
                 value = self.integer(node, key, lambda v: v >= 1, "a number of MiB >= 1")

@@ -258,13 +258,15 @@ def test_engine_section(tmp_path: Path) -> None:
         MINIMAL.replace(
             "engine: {device: auto}",
             "engine: {device: 'cuda:1', weights: weights/vgg19.pth, precision: bf16, "
-            "preprocess: caffe, batch_size: 8, download: false, style_cache_size: 4}",
+            "preprocess: caffe, batch_size: 8, download: false, style_cache_size: 4, "
+            "cuda_graphs: false}",
         ),
     )
     engine = config.engine.engine
     assert engine.device == "cuda:1"
     assert engine.weights == tmp_path / "weights" / "vgg19.pth"
     assert (engine.precision, engine.preprocess, engine.download) == ("bf16", "caffe", False)
+    assert engine.cuda_graphs is False
     assert engine.style_cache_size == 4
     assert config.engine.batch_size == 8
 
@@ -322,7 +324,7 @@ def test_all_problems_are_reported_together(tmp_path: Path) -> None:
     output: outbox
     state: state
     watch: {settle_seconds: -1, mode: sometimes}
-    engine: {batch_size: 0}
+    engine: {batch_size: 0, cuda_graphs: sometimes}
     styles:
       starry: {image: styles/starry_night.jpg}
       lost: {image: styles/nowhere.jpg}
@@ -338,6 +340,7 @@ def test_all_problems_are_reported_together(tmp_path: Path) -> None:
         "watch.settle_seconds": "settle_seconds",
         "watch.mode": "mode",
         "engine.batch_size": "batch_size",
+        "engine.cuda_graphs": "cuda_graphs",
         "styles.lost.image": "nowhere",
         "defaults.size": "size: 10",
         "defaults.steps": "steps: many",
