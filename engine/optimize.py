@@ -180,7 +180,9 @@ def run_scale(
     if params.optimizer == "lbfgs":
         # No clamping between steps: moving pixels behind its back corrupts its curvature pairs
         # and makes it diverge; the result is clamped once at the end instead.
-        update = LBFGS(image, lr=params.lr, history_size=LBFGS_HISTORY).step
+        # A scale of k steps makes k - 1 pairs: a shorter scale needs no room for more.
+        history = min(LBFGS_HISTORY, max(1, steps - 1))
+        update = LBFGS(image, lr=params.lr, history_size=history).step
     else:
         adam = torch.optim.Adam([image], lr=params.lr, fused=image.device.type == "cuda")
 
