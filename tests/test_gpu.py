@@ -65,3 +65,53 @@ def test_a_large_output_tiles_within_a_small_gpu_budget(
     assert max(result.image.size) == 1024
     # The network and the canvas come on top of the budget, which covers one pass's activations.
     assert torch.cuda.max_memory_allocated() < 1024 * 2**20
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_cuda_graphs_give_the_eager_images_and_stay_on(
+    vgg_checkpoint: Path, photo: Image.Image, style_files: tuple[Path, Path], optimizer: str
+) -> None:
+    params = PARAMS.replace(optimizer=optimizer)
+    style = StyleSpec.of(style_files[0])
+    results = {}
+    for graphs in (False, True):
+        engine = Stylizer(
+            EngineConfig(device="cuda", weights=vgg_checkpoint, download=False, cuda_graphs=graphs)
+        )
+        results[graphs] = engine.stylize(photo, style, params)
+        assert engine.graphs.enabled is graphs, engine.graphs.failure  # no silent fallback
+    diff = np.abs(
+        np.asarray(results[True].image, dtype=int) - np.asarray(results[False].image, dtype=int)
+    )
+    assert diff.mean() < 1.0  # cuDNN may pick other kernels; the images are the same otherwise
+    assert results[True].loss.total == pytest.approx(results[False].loss.total, rel=0.02)
+
+
+def test_a_scale_waits_for_the_gpu_only_when_it_reads_the_losses_back(
+    vgg_checkpoint: Path, photo: Image.Image, style_files: tuple[Path, Path]
+) -> None:
+    import math
+    import warnings
+
+    from engine.images import resize_long_edge
+    from engine.optimize import REPORT_EVERY_ON_GPU, StepReport, run_scale
+
+    engine = _engine(vgg_checkpoint, "bf16")
+    params = PARAMS.replace(steps=100, scales=1)
+    content = engine._to_tensor(resize_long_edge(photo, params.size)).contiguous()
+    objective = engine._objective(content, StyleSpec.of(style_files[0]), params, params.size)
+    report = StepReport(1, 1, params.size, 0, params.steps, 0.0)
+    run_scale(objective, content, 3, report, graphs=engine.graphs)  # kernels chosen, warm
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_scale(objective, content, params.steps, report, graphs=engine.graphs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    # One read of the starting loss (L-BFGS's rescaling), then one per chunk of losses.
+    assert len(syncs) <= 1 + math.ceil(params.steps / REPORT_EVERY_ON_GPU), [
+        str(w.message) for w in syncs
+    ]
+    assert engine.graphs.enabled, engine.graphs.failure
