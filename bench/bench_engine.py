@@ -5,7 +5,11 @@ stack in fp32, the style targets recomputed for every photo, L-BFGS over the pix
 the resident Stylizer (network cut at relu5_1, cached targets, the chosen precision).
 
     python bench/bench_engine.py                       # 256 px, fp32 and bf16, on the best device
-    python bench/bench_engine.py --sizes 512 1024 --precisions fp32 bf16 --steps 20
+    python bench/bench_engine.py --sizes 512 1024 --precisions fp32 bf16 --steps 100
+    python bench/bench_engine.py --sizes 256 --presets fast balanced --batch 4
+
+On a GPU every engine row is measured with CUDA graphs and without (--cuda-graphs), and the engine
+reports progress once per chunk of steps there, so give it --steps 75 or more.
 
 Weights: the real checkpoint when torch's hub cache (or --weights) has it, else random weights
 (the timings do not depend on the values). Timings belong here and in BENCHMARKS.md, never in tests.
@@ -31,7 +35,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine import losses
-from engine.params import EngineConfig, Progress, StyleParams, StyleSpec
+from engine.optimize import REPORT_EVERY_ON_GPU
+from engine.params import PRESETS, EngineConfig, Progress, StyleParams, StyleSpec, with_preset
 from engine.stylizer import Stylizer
 from engine.vgg import LAYER_INDEX, build_vgg19_features, hub_checkpoint_path, load_state_dict
 
@@ -161,10 +166,20 @@ def loss_in_fp32(
 
 
 def steady_step_seconds(records: list[Progress]) -> float:
-    """Median time between steps, leaving out the first step (warm-up, target building)."""
-    stamps = [r.seconds for r in records]
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    return statistics.median(gaps)
+    """Median time per step between progress reports, leaving out the first report (warm-up,
+    target building). On a GPU the engine reads its losses back, and reports, once per chunk of
+    steps: the steps of a chunk share one time stamp, taken once the GPU has finished them."""
+    reports: dict[float, int] = {}
+    for record in records:
+        reports[record.seconds] = record.step  # the last step of each chunk
+    points = sorted(reports.items())
+    rates = [(t1 - t0) / (s1 - s0) for (t0, s0), (t1, s1) in itertools.pairwise(points)]
+    if not rates:
+        raise SystemExit(
+            f"too few steps to time: the engine reported {len(points)} time(s); on a GPU use "
+            f"--steps {3 * REPORT_EVERY_ON_GPU} or more"
+        )
+    return statistics.median(rates)
 
 
 def _sync(device: torch.device) -> None:
@@ -190,6 +205,54 @@ def _weights(given: Path | None, folder: Path) -> tuple[Path, str]:
     return path, "random"
 
 
+def time_presets(
+    engine: Stylizer,
+    photo: Image.Image,
+    style: StyleSpec,
+    presets: list[str],
+    *,
+    size: int,
+    batch: int,
+) -> list[dict[str, object]]:
+    """Warm wall time of one photo, and of a batch of same-style photos, per preset."""
+    device = engine.device
+    # Same working size, different pictures: the photo mirrored and turned.
+    variants = [
+        photo,
+        photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        photo.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
+        photo.transpose(Image.Transpose.ROTATE_180),
+    ]
+    photos = [variants[i % len(variants)] for i in range(batch)]
+    rows = []
+    for name in presets:
+        params = with_preset(StyleParams(size=size), name)
+        engine.stylize_batch(photos, style, params)  # warm: targets, kernel choice, allocator
+        timings = {}
+        for count in (1, batch):
+            _sync(device)
+            start = time.perf_counter()
+            engine.stylize_batch(photos[:count], style, params)
+            _sync(device)
+            timings[count] = time.perf_counter() - start
+        schedule = ", ".join(f"{edge}: {steps}" for edge, steps in params.schedule())
+        row = {
+            "preset": name,
+            "size": size,
+            "schedule": schedule,
+            "s_per_photo": timings[1],
+            "batch": batch,
+            "s_per_batch": timings[batch],
+        }
+        rows.append(row)
+        print(
+            f"preset {name:8s} {size}px ({schedule})  1 photo {timings[1]:7.3f} s  "
+            f"batch of {batch} {timings[batch]:7.3f} s ({timings[batch] / batch:.3f} s/photo)"
+        )
+        sys.stdout.flush()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256])
@@ -197,29 +260,60 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weights", type=Path)
+    parser.add_argument(
+        "--presets",
+        nargs="*",
+        choices=list(PRESETS),
+        default=[],
+        help="also time these presets, one photo and a batch, warm",
+    )
+    parser.add_argument("--preset-size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=4, help="photos in the preset batch")
+    parser.add_argument(
+        "--cuda-graphs",
+        choices=["on", "off", "both"],
+        default="both",
+        help="on a GPU: engine rows with CUDA graphs, without, or both (default)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
     rows = []
+    preset_rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         weights, kind = _weights(args.weights, Path(tmp))
-        engines = {
-            p: Stylizer(
-                EngineConfig(device=args.device, weights=weights, precision=p, download=False)
+
+        def engine(precision: str, graphs: bool) -> Stylizer:
+            return Stylizer(
+                EngineConfig(
+                    device=args.device,
+                    weights=weights,
+                    precision=precision,  # type: ignore[arg-type]
+                    download=False,
+                    cuda_graphs=graphs,
+                )
             )
-            for p in args.precisions
-        }
-        device = next(iter(engines.values())).device
-        # Every result's loss is evaluated by an fp32 engine, so that precisions compare fairly.
-        reference = engines.get("fp32") or Stylizer(
-            EngineConfig(device=args.device, weights=weights, precision="fp32", download=False)
-        )
+
+        reference = engine("fp32", graphs=False)
+        device = reference.device
+        graph_modes = {"on": [True], "off": [False], "both": [False, True]}[args.cuda_graphs]
+        if device.type != "cuda":
+            graph_modes = [False]  # graphs are a CUDA feature
+        # fp32 first: the others' final losses are compared with its.
+        variants = [
+            (precision, graphs)
+            for precision in sorted(args.precisions, key=lambda p: p != "fp32")
+            for graphs in graph_modes
+        ]
+        engines = {v: engine(*v) for v in variants}
         baseline = TutorialBaseline(weights, device)
         peak, peak_dtype = matrix_peak(device)
         threads = torch.get_num_threads()
         print(
-            f"# {time.strftime('%Y-%m-%d')} device={device} torch={torch.__version__} "
-            f"threads={threads} cpu={platform.processor() or platform.machine()} weights={kind}"
+            f"# {time.strftime('%Y-%m-%d')} device={device} "
+            f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) "
+            f"torch={torch.__version__} threads={threads} "
+            f"cpu={platform.processor() or platform.machine()} weights={kind}"
         )
         print(f"# matrix peak ({peak_dtype} matmul): {peak / 1e9:.1f} GFLOP/s")
         with Image.open(PHOTO) as im:
@@ -242,23 +336,24 @@ def main() -> None:
             base_photo = time.perf_counter() - start
             base_step = steady_step_seconds(base_records)
             fp32_loss: float | None = None
-            # fp32 first: the others' final losses are compared with its.
-            for precision, engine in sorted(engines.items(), key=lambda e: e[0] != "fp32"):
-                engine.stylize(photo, style, params.replace(steps=2))
+            for (precision, graphs), stylizer in engines.items():
+                stylizer.stylize(photo, style, params.replace(steps=2))
                 records: list[Progress] = []
                 _sync(device)
                 start = time.perf_counter()
-                result = engine.stylize(photo, style, params, progress=records.append)
+                result = stylizer.stylize(photo, style, params, progress=records.append)
                 _sync(device)
                 photo_seconds = time.perf_counter() - start
                 step = steady_step_seconds(records)
-                flops = step_flops(engine, photo, style, params)
+                flops = step_flops(stylizer, photo, style, params)
                 loss = loss_in_fp32(reference, result.image, photo, style, params)
-                fp32_loss = loss if precision == "fp32" else fp32_loss
+                fp32_loss = loss if precision == "fp32" and fp32_loss is None else fp32_loss
                 loss_gap = None if fp32_loss is None else loss / fp32_loss - 1
+                label = precision + ("+graphs" if graphs else "")
                 row = {
                     "size": size,
                     "precision": precision,
+                    "cuda_graphs": graphs and stylizer.graphs.enabled,
                     "steps": args.steps,
                     "baseline_ms_per_step": base_step * 1e3,
                     "engine_ms_per_step": step * 1e3,
@@ -274,23 +369,38 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(
-                    f"{size:5d}px {precision:5s} baseline {base_step * 1e3:8.1f} ms/step  "
-                    f"engine {step * 1e3:8.1f} ms/step  step x{row['step_speedup']:.2f}  "
+                    f"{size:5d}px {label:12s} baseline {base_step * 1e3:8.2f} ms/step  "
+                    f"engine {step * 1e3:8.2f} ms/step  step x{row['step_speedup']:.2f}  "
                     f"photo x{row['photo_speedup']:.2f}  {flops / 1e9:6.1f} GFLOP/step  "
-                    f"{flops / step / 1e9:7.1f} GFLOP/s ({row['fraction_of_peak']:.0%} of peak)  "
+                    f"{flops / step / 1e9:8.1f} GFLOP/s ({row['fraction_of_peak']:.0%} of peak)  "
                     f"final loss {loss:.4g}"
                     + (
                         ""
-                        if loss_gap is None
+                        if loss_gap is None or (precision == "fp32" and not graphs)
                         else f" ({loss_gap:+.1%} vs fp32"
                         f"{', within 2%' if abs(loss_gap) <= 0.02 else ', OVER 2%'})"
                     )
+                    + ("" if stylizer.graphs.enabled or not graphs else " (graphs FAILED: off)")
                 )
                 sys.stdout.flush()
+        for (precision, graphs), stylizer in engines.items():
+            if args.presets and graphs == graph_modes[-1]:
+                print(f"# presets, {precision}{' with CUDA graphs' if graphs else ''}")
+                for row in time_presets(
+                    stylizer, photo, style, args.presets, size=args.preset_size, batch=args.batch
+                ):
+                    preset_rows.append({"precision": precision, "cuda_graphs": graphs, **row})
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"device": str(device), "weights": kind, "peak_flops": peak, "rows": rows}, indent=2
+                {
+                    "device": str(device),
+                    "weights": kind,
+                    "peak_flops": peak,
+                    "rows": rows,
+                    "presets": preset_rows,
+                },
+                indent=2,
             )
         )
 
