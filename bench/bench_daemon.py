@@ -215,13 +215,13 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        if not STYLEWATCH.is_file():
-            raise BenchError(f"{STYLEWATCH} not found: install the project into this environment")
+        # The installed command, or the checkout's own (`python -m daemon`) where none is.
+        command = [str(STYLEWATCH)] if STYLEWATCH.is_file() else [sys.executable, "-m", "daemon"]
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)  # not systemd's child, whatever the shell says
         with self.log.open("ab") as handle:
             self.proc = subprocess.Popen(
-                [str(STYLEWATCH), "run", "-c", str(self.config), "--log-format", "json"],
+                [*command, "run", "-c", str(self.config), "--log-format", "json"],
                 stdout=handle,
                 stderr=handle,
                 env=env,
