@@ -195,12 +195,12 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, required=True, help="the YAML config file")
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path, *, require_input: bool = True) -> Any:
     from daemon.config import load_config
     from daemon.errors import ConfigError
 
     try:
-        return load_config(path)
+        return load_config(path, require_input=require_input)
     except ConfigError as exc:
         raise CliError(f"invalid config\n{exc}", ExitCode.CONFIG) from exc
     except OSError as exc:
@@ -318,7 +318,14 @@ def _weights_command(args: argparse.Namespace) -> int:
 def _open_journal(args: argparse.Namespace) -> Any:
     from daemon.journal import Journal, JournalError
 
-    config = _load(args.config)
+    # The journal is all these commands read: an input folder that is away (an unmounted share)
+    # is worth a note, not a refusal.
+    config = _load(args.config, require_input=False)
+    if not config.input.is_dir():
+        sys.stderr.write(
+            f"stylewatch: note: the input folder {config.input} is missing; "
+            "the service waits for it to come back\n"
+        )
     try:
         return Journal.open(config.state, exclusive=False)
     except JournalError as exc:

@@ -294,14 +294,18 @@ def filesystem_type(path: Path | PurePosixPath, mountinfo: str | None = None) ->
     return None if best is None else best[1]
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate the config file; raises ConfigError listing every problem."""
+def load_config(path: str | Path, *, require_input: bool = True) -> Config:
+    """Read and validate the config file; raises ConfigError listing every problem.
+
+    require_input=False accepts an input folder that does not exist (yet, or any more): the
+    journal's commands (`status`, `retry`) need no input, and are most wanted when it is away.
+    """
     shown = Path(path)
     try:
         text = shown.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(shown, None, "", f"cannot read the config: {exc}")]) from None
-    return _Loader(shown, Path(path).resolve()).load(text)
+    return _Loader(shown, Path(path).resolve(), require_input=require_input).load(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,8 +343,9 @@ _INVALID = object()  # a value that failed to parse; the problem is already reco
 
 
 class _Loader:
-    def __init__(self, shown: Path, resolved: Path) -> None:
+    def __init__(self, shown: Path, resolved: Path, *, require_input: bool = True) -> None:
         self.shown = shown  # the path as the user wrote it, for messages
+        self.require_input = require_input
         self.path = resolved
         self.base = resolved.parent
         self.problems: list[Problem] = []
@@ -403,8 +408,10 @@ class _Loader:
 
         input_, output, state = folders["input"], folders["output"], folders["state"]
         if input_ is not None and not input_.is_dir():
-            what = "is not a folder" if input_.exists() else "does not exist"
-            self.problem(where("input"), "input", f"{input_} {what}")
+            if input_.exists():
+                self.problem(where("input"), "input", f"{input_} is not a folder")
+            elif self.require_input:
+                self.problem(where("input"), "input", f"{input_} does not exist")
         for name in ("output", "state"):
             folder = folders[name]
             if folder is None:
