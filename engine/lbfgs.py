@@ -45,10 +45,10 @@ class LBFGS:
         self._sy = torch.zeros(m, m, device=device, dtype=torch.float64)  # [i, j] = s_i·y_j
         self._yy = torch.zeros(m, m, device=device, dtype=torch.float64)  # [i, j] = y_i·y_j
         self._gamma = torch.ones((), device=device, dtype=torch.float64)  # H₀ = gamma·I
-        # Slot orders oldest-first for each position of the oldest slot, and their inverses.
+        # Row r: the slots oldest first when the oldest is slot r; and the inverse permutation.
         ring = torch.arange(m, device=device)
-        self._order = [torch.roll(ring, -r) for r in range(m)]
-        self._unorder = [torch.roll(ring, r) for r in range(m)]
+        self._order = (ring[None, :] + ring[:, None]) % m
+        self._unorder = (ring[None, :] - ring[:, None]) % m
         self._pairs_written = 0  # on the host: fixes which slot comes next
         self._grad: torch.Tensor | None = None  # the previous step's gradient
         self._move: torch.Tensor | None = None  # the previous step, s = t·d

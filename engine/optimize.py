@@ -154,8 +154,8 @@ def run_scale(
     Nothing in a step waits for the device: the losses are gathered on it and read back every
     `report_every` steps (default: every step on the CPU, where reading costs nothing, and
     REPORT_EVERY_ON_GPU elsewhere), which is also when progress is reported and a non-finite
-    loss is caught. On CUDA the forward and backward
-    pass is captured once as a CUDA graph and replayed (see `GraphPolicy`).
+    loss is caught. On CUDA the forward and backward pass is captured once as a CUDA graph and
+    replayed (see `GraphPolicy`).
     """
     params = objective.params
     image = init.detach().clone().requires_grad_(True)
