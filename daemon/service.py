@@ -133,6 +133,8 @@ class Service:
                 # Where the model runs: `device: auto` falls back to the CPU when no GPU is seen.
                 device=str(getattr(engine, "device", "unknown")),
                 precision=str(getattr(engine, "precision", config.engine.engine.precision)),
+                # True only on a GPU with engine.cuda_graphs on (a failed capture logs why).
+                cuda_graphs=bool(getattr(getattr(engine, "graphs", None), "enabled", False)),
             )
             self._notifier.ready(self._status_text(journal))
             self._main_loop(journal, watcher, worker, worker_thread)

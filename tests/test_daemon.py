@@ -62,6 +62,8 @@ def test_a_nested_tree_comes_out_mirrored_including_files_there_before_start(
     with Image.open(tmp_path / "outbox" / "top.png") as im:
         assert im.size == (21, 32)
     assert daemon.saw("job_done", source="deep/er/b.jpg", style="starry", result="done")
+    # The start line says where the model runs, and how.
+    assert daemon.saw("service_ready", device="cpu", precision="fp32", cuda_graphs=False)
     assert daemon.stop() == 0
     assert daemon.saw("service_stopped")
     assert daemon.status()["counts"] == {"done": 4}
