@@ -116,7 +116,9 @@ def _capture(
             closure()  # the pixels do not move: the same gradient each time
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: the daemon's other threads never touch CUDA, but a capture must not fail
+    # for what another thread of the process does meanwhile.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         loss = closure()  # image.grad now points into the graph's memory
 
     def replay() -> torch.Tensor:

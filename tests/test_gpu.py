@@ -110,8 +110,10 @@ def test_a_scale_waits_for_the_gpu_only_when_it_reads_the_losses_back(
     finally:
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    # One read of the starting loss (L-BFGS's rescaling), then one per chunk of losses.
-    assert len(syncs) <= 1 + math.ceil(params.steps / REPORT_EVERY_ON_GPU), [
+    # One read of the starting loss (L-BFGS's rescaling), up to two around the capture (torch's
+    # graph context synchronises and empties the cache), then one per chunk of losses; torch's
+    # own L-BFGS would wait over a hundred times per step.
+    assert len(syncs) <= 3 + math.ceil(params.steps / REPORT_EVERY_ON_GPU), [
         str(w.message) for w in syncs
     ]
     assert engine.graphs.enabled, engine.graphs.failure
