@@ -127,3 +127,26 @@ def test_running_out_of_memory_while_capturing_is_not_a_capture_failure(
     with pytest.raises(torch.OutOfMemoryError):
         policy.capture(_closure, torch.zeros(1))
     assert policy.enabled  # the stylizer shrinks its budget and tries again, with graphs
+
+
+def test_a_short_scale_keeps_room_for_only_the_pairs_it_can_make(
+    stylizer: Stylizer,
+    photo: Image.Image,
+    style_files: tuple[object, ...],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The history is 1.2 KB per pixel at 50 pairs; a 3-step tile makes 2 pairs.
+    sizes: list[int] = []
+
+    class Recording(optimize.LBFGS):
+        def __init__(self, param: torch.Tensor, lr: float, history_size: int) -> None:
+            sizes.append(history_size)
+            super().__init__(param, lr=lr, history_size=history_size)
+
+    monkeypatch.setattr(optimize, "LBFGS", Recording)
+    monkeypatch.setattr(optimize, "LBFGS_HISTORY", 4)  # the cap, made small to reach it fast
+    params = PARAMS.replace(optimizer="lbfgs")
+    objective, content = _objective(stylizer, photo, StyleSpec.of(style_files[0]), params)
+    for steps in (1, 3, 8):
+        _run(objective, content, steps, report_every=1)
+    assert sizes == [1, 2, 4]
