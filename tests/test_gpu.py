@@ -69,22 +69,33 @@ def test_a_large_output_tiles_within_a_small_gpu_budget(
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_cuda_graphs_give_the_eager_images_and_stay_on(
-    vgg_checkpoint: Path, photo: Image.Image, style_files: tuple[Path, Path], optimizer: str
+    vgg_checkpoint: Path,
+    photo: Image.Image,
+    style_files: tuple[Path, Path],
+    optimizer: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     params = PARAMS.replace(optimizer=optimizer)
     style = StyleSpec.of(style_files[0])
-    results = {}
-    for graphs in (False, True):
-        engine = Stylizer(
+    engines = {
+        graphs: Stylizer(
             EngineConfig(device="cuda", weights=vgg_checkpoint, download=False, cuda_graphs=graphs)
         )
-        results[graphs] = engine.stylize(photo, style, params)
+        for graphs in (False, True)
+    }
+    # The same kernels on both sides (no autotuning, deterministic ones): a replayed graph runs
+    # exactly what the eager pass runs, so L-BFGS, which amplifies any rounding difference after
+    # a wild step, cannot tell them apart either.
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    results = {graphs: engine.stylize(photo, style, params) for graphs, engine in engines.items()}
+    for graphs, engine in engines.items():
         assert engine.graphs.enabled is graphs, engine.graphs.failure  # no silent fallback
     diff = np.abs(
         np.asarray(results[True].image, dtype=int) - np.asarray(results[False].image, dtype=int)
     )
-    assert diff.mean() < 1.0  # cuDNN may pick other kernels; the images are the same otherwise
-    assert results[True].loss.total == pytest.approx(results[False].loss.total, rel=0.02)
+    assert diff.max() <= 1, diff.max()
+    assert results[True].loss.total == pytest.approx(results[False].loss.total, rel=1e-3)
 
 
 def test_a_scale_waits_for_the_gpu_only_when_it_reads_the_losses_back(
