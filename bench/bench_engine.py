@@ -335,6 +335,9 @@ def main() -> None:
             _sync(device)
             base_photo = time.perf_counter() - start
             base_step = steady_step_seconds(base_records)
+            # The same FLOPs whatever the precision; counted eagerly (a replayed CUDA graph never
+            # passes through the counter).
+            flops = step_flops(reference, photo, style, params)
             fp32_loss: float | None = None
             for (precision, graphs), stylizer in engines.items():
                 stylizer.stylize(photo, style, params.replace(steps=2))
@@ -345,7 +348,6 @@ def main() -> None:
                 _sync(device)
                 photo_seconds = time.perf_counter() - start
                 step = steady_step_seconds(records)
-                flops = step_flops(stylizer, photo, style, params)
                 loss = loss_in_fp32(reference, result.image, photo, style, params)
                 fp32_loss = loss if precision == "fp32" and fp32_loss is None else fp32_loss
                 loss_gap = None if fp32_loss is None else loss / fp32_loss - 1
