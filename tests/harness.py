@@ -30,10 +30,21 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLIN
     raise AssertionError(f"timed out waiting for {what}")
 
 
+# The digest of every file photo() wrote, taken as it wrote it: check_invariants compares the
+# sources with these, so a daemon that changed a source's bytes cannot pass unseen.
+WRITTEN: dict[Path, str] = {}
+
+
 def photo(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (48, 32)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, colour).save(path, format="PNG" if path.suffix == ".png" else "JPEG")
+    WRITTEN[path] = sha256(path)
     return path
+
+
+def originals(paths: Iterable[Path]) -> dict[Path, str]:
+    """The photos' digests from when photo() wrote them, for check_invariants(sources=...)."""
+    return {p: WRITTEN[p] for p in paths}
 
 
 # The minimal config of the daemon issue, word for word: it must work as it reads.

@@ -22,6 +22,7 @@ from harness import (
     Fleet,
     OutputSpy,
     check_invariants,
+    originals,
     output_names,
     photo,
     planned,
@@ -155,7 +156,7 @@ def test_the_journal_locked_for_a_while_at_run_time_delays_but_loses_nothing(
     check_invariants(
         daemon,
         outbox=outbox,
-        sources={p: sha256(p) for p in made},
+        sources=originals(made),
         expected={p.name for p in made},
         spy=spy,
         # A journal failure in the worker is logged with its traceback, then the batch is retried.
@@ -210,7 +211,7 @@ def test_kill_9_at_random_moments_across_30_photos_loses_and_repeats_nothing(
     status = check_invariants(
         daemon,
         outbox=outbox,
-        sources={p: sha256(p) for p in made},
+        sources=originals(made),
         expected=expected,
         spy=spy,
     )

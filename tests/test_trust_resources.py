@@ -7,6 +7,7 @@ away for the unavailable input, the kernel's own inotify queue overflowing for t
 from __future__ import annotations
 
 import errno
+import hashlib
 import signal
 import subprocess
 import time
@@ -19,9 +20,9 @@ from harness import (
     Fleet,
     OutputSpy,
     check_invariants,
+    originals,
     output_names,
     photo,
-    sha256,
     temporaries,
 )
 
@@ -87,7 +88,7 @@ def test_a_full_output_disk_is_retried_and_recovers_when_space_returns(
     status = check_invariants(
         daemon,
         outbox=outbox,
-        sources={p: sha256(p) for p in made},
+        sources=originals(made),
         expected={p.name for p in made},
         spy=spy,
     )
@@ -116,15 +117,15 @@ def test_the_input_folder_away_for_a_while_then_back_loses_nothing(
             "a queued job to meet the missing folder",
         )
         away.rename(inbox)
-        made = [inbox / p.name for p in made]
+        sources = {inbox / p.name: digest for p, digest in originals(made).items()}
         daemon.wait(lambda: daemon.saw("input_available"), "the daemon to see it back")
         daemon.wait(lambda: len(output_names(outbox)) == 9, "every photo after the return")
         assert daemon.stop() == 0
     check_invariants(
         daemon,
         outbox=outbox,
-        sources={p: sha256(p) for p in made},
-        expected={p.name for p in made},
+        sources=sources,
+        expected={p.name for p in sources},
         spy=spy,
     )
 
@@ -159,7 +160,7 @@ def test_an_inotify_queue_overflow_is_recovered_by_the_rescan(fleet: Fleet) -> N
     check_invariants(
         daemon,
         outbox=outbox,
-        sources={p: sha256(p) for p in made},
+        sources=originals(made),
         expected={p.name for p in made},
         spy=spy,
     )
@@ -172,22 +173,23 @@ def test_a_burst_of_1000_photos_gives_1000_outputs(fleet: Fleet, tmp_path: Path)
     daemon = fleet.daemon(batch=8).start()
     # Made aside first, then copied in as fast as the disk allows.
     template = photo(tmp_path / "template.jpg", (10, 10, 10), size=(24, 16)).read_bytes()
-    made = []
+    sources = {}
     started = time.monotonic()
     with OutputSpy(outbox, interval=0.5) as spy:
         for i in range(1000):
             target = inbox / f"burst{i // 100}" / f"b{i:04d}.jpg"
             target.parent.mkdir(exist_ok=True)
-            target.write_bytes(template[:-2] + i.to_bytes(2, "big") + template[-2:])
-            made.append(target)
+            content = template[:-2] + i.to_bytes(2, "big") + template[-2:]
+            target.write_bytes(content)
+            sources[target] = hashlib.sha256(content).hexdigest()
         written = time.monotonic() - started
         daemon.wait(lambda: len(output_names(outbox)) >= 1000, "1000 outputs", timeout=900)
         assert daemon.stop() == 0
     status = check_invariants(
         daemon,
         outbox=outbox,
-        sources={p: sha256(p) for p in made},
-        expected={p.relative_to(inbox).as_posix() for p in made},
+        sources=sources,
+        expected={p.relative_to(inbox).as_posix() for p in sources},
         spy=spy,
     )
     assert status["counts"] == {"done": 1000}

@@ -12,6 +12,7 @@ from harness import (
     Fleet,
     OutputSpy,
     check_invariants,
+    originals,
     output_names,
     photo,
     sha256,
@@ -101,7 +102,7 @@ def test_symlinks_out_and_loops_are_not_followed_and_modes_are_safe_and_no_socke
     check_invariants(
         daemon,
         outbox=outbox,
-        sources={p: sha256(p) for p in [good, marker, *victims]},
+        sources=originals([good, marker, *victims]),
         expected=expected,
         spy=spy,
     )
@@ -138,7 +139,7 @@ def test_an_output_folder_inside_the_input_is_excluded_and_never_fed_back(
     status = check_invariants(
         daemon,
         outbox=outbox,
-        sources={p: sha256(p) for p in made},
+        sources=originals(made),
         expected={f"in/p{i}.jpg" for i in range(3)},
         spy=spy,
     )

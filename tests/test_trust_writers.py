@@ -7,6 +7,7 @@ a whole folder at once, overwriting, deleting.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -166,7 +167,11 @@ def test_a_copy_in_chunks_over_20_seconds_is_processed_once_when_complete(
         daemon.wait(lambda: "slow copy.jpg" in output_names(outbox), "the copy's output")
         assert daemon.stop() == 0
     check_invariants(
-        daemon, outbox=outbox, sources={target: sha256(target)}, expected={"slow copy.jpg"}, spy=spy
+        daemon,
+        outbox=outbox,
+        sources={target: hashlib.sha256(data).hexdigest()},  # the bytes written, all chunks
+        expected={"slow copy.jpg"},
+        spy=spy,
     )
     queued = [e for e in daemon.events() if e.get("event") == "job_queued"]
     assert len(queued) == 1
