@@ -105,13 +105,13 @@ class LBFGS:
         gamma = self._gamma
         valid = self._valid[order]
         sy = self._sy[order][:, order]
-        diagonal = torch.where(valid, torch.diagonal(sy), torch.ones_like(gamma))
-        r = torch.triu(sy, diagonal=1) + torch.diag(diagonal)
+        d = torch.diag(torch.where(valid, torch.diagonal(sy), torch.ones_like(gamma)))
+        r = torch.triu(sy, diagonal=1) + d
         yy = self._yy[order][:, order]
         products = (self._pairs @ g).double()  # (2m,): Sᵀg and Yᵀg, slot-indexed
         sg, yg = products[:m][order], products[m:][order]
         p = torch.linalg.solve_triangular(r, sg.unsqueeze(1), upper=True)
-        inner = (torch.diag(diagonal) + gamma * yy) @ p - gamma * yg.unsqueeze(1)
+        inner = (d + gamma * yy) @ p - gamma * yg.unsqueeze(1)
         top = torch.linalg.solve_triangular(r.T, inner, upper=False)
         weights = torch.cat([top.squeeze(1)[unorder], (-gamma * p.squeeze(1))[unorder]])
         return -(gamma.float() * g + weights.float() @ self._pairs)

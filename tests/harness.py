@@ -144,20 +144,8 @@ class Daemon:
         self.proc.kill()
         self.proc.wait(timeout=DEADLINE)
 
-    def status(self) -> dict[str, Any]:
-        done = subprocess.run(
-            [str(STYLEWATCH), "status", "-c", str(self.config), "--json", "--failures", "50"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        result: dict[str, Any] = json.loads(done.stdout)
-        result["counts"] = {state: n for state, n in result["counts"].items() if n}
-        return result
-
-    def full_status(self, failures: int = 100_000) -> dict[str, Any]:
-        """status() with every failure, not the latest 50."""
+    def status(self, failures: int = 50) -> dict[str, Any]:
+        """`stylewatch status --json` with the latest `failures` failures; zero counts dropped."""
         done = subprocess.run(
             [
                 str(STYLEWATCH),
@@ -176,6 +164,10 @@ class Daemon:
         result: dict[str, Any] = json.loads(done.stdout)
         result["counts"] = {state: n for state, n in result["counts"].items() if n}
         return result
+
+    def full_status(self) -> dict[str, Any]:
+        """status() with every failure, not the latest 50."""
+        return self.status(failures=100_000)
 
 
 CONFIG = """\
