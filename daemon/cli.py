@@ -209,7 +209,28 @@ def _load(path: Path, *, require_input: bool = True) -> Any:
         ) from exc
 
 
+class _EarlySignals:
+    """Signal handlers for the seconds between `stylewatch run` starting and the service taking
+    over (reading the config, importing the service's modules).
+
+    Without them a SIGHUP sent then (a reload right after `systemctl start`) would kill the
+    process, and systemd counts death by SIGHUP as a clean exit, so Restart=on-failure would not
+    bring it back. They only remember the signal; the service acts on it once it runs.
+    """
+
+    def __init__(self) -> None:
+        import signal
+
+        self.seen: list[int] = []
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._remember)
+
+    def _remember(self, signum: int, frame: object) -> None:
+        self.seen.append(signum)
+
+
 def _run(args: argparse.Namespace) -> int:
+    early = _EarlySignals()
     import os
 
     from daemon import logs
@@ -230,7 +251,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"invalid config\n{exc}", ExitCode.CONFIG) from exc
     except OSError as exc:
         raise CliError(f"cannot read config {args.config}: {exc}", ExitCode.CONFIG) from exc
-    service.install_signal_handlers()
+    service.install_signal_handlers(early.seen)
     try:
         service.run()
     except errors.WeightsError as exc:
@@ -339,6 +360,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         counts = {state.value: n for state, n in journal.counts().items()}
         failures = journal.recent_failures(args.failures)
+        waiting = journal.waiting(args.failures)
     finally:
         journal.close()
     if args.json:
@@ -357,6 +379,18 @@ def _status(args: argparse.Namespace) -> int:
                         }
                         for j in failures
                     ],
+                    # Queued after trouble that can pass: tried again at `retry_at`.
+                    "waiting": [
+                        {
+                            "source": j.source,
+                            "style": j.style,
+                            "kind": j.error_kind,
+                            "error": j.last_error,
+                            "since": j.first_failure,
+                            "retry_at": j.not_before,
+                        }
+                        for j in waiting
+                    ],
                 },
                 indent=2,
             )
@@ -364,9 +398,20 @@ def _status(args: argparse.Namespace) -> int:
         )
         return ExitCode.OK
     sys.stdout.write("  ".join(f"{state}: {n}" for state, n in sorted(counts.items())) + "\n")
+    for job in waiting:
+        sys.stdout.write(
+            f"waiting {job.source} [{job.style}] {job.error_kind}: {job.last_error}"
+            f" (next try {_clock(job.not_before)})\n"
+        )
     for job in failures:
         sys.stdout.write(f"failed {job.source} [{job.style}] {job.error_kind}: {job.last_error}\n")
     return ExitCode.OK
+
+
+def _clock(epoch: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch).astimezone().strftime("%H:%M:%S")
 
 
 def _retry(args: argparse.Namespace) -> int:

@@ -114,6 +114,22 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class RetrySettings:
+    """How failed jobs are tried again (daemon/journal.py applies it)."""
+
+    # Trouble that can pass (I/O errors, permissions, a painting or a share that is away) is
+    # retried for this long from its first failure before the job fails for good, in seconds.
+    # Hours, so that an outage overnight loses nothing; `stylewatch status` shows what waits.
+    give_up_after: float = 6 * 3600.0
+    first_delay: float = 5.0  # the first wait after a failure, in seconds
+    # The longest wait between two tries, in seconds: also how long a booth may wait after the
+    # trouble is gone before its photos move again.
+    max_delay: float = 60.0
+    # Errors of unknown kind, and crashes during a job, are tried this many times in all.
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True)
 class EngineSettings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     batch_size: int = 4  # photos of one style stylized together
@@ -234,6 +250,7 @@ class Config:
     styles: Mapping[str, Style] = field(hash=False)
     defaults: Settings
     rules: tuple[Rule, ...]
+    retry: RetrySettings = field(default_factory=RetrySettings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,8 +314,10 @@ def filesystem_type(path: Path | PurePosixPath, mountinfo: str | None = None) ->
 def load_config(path: str | Path, *, require_input: bool = True) -> Config:
     """Read and validate the config file; raises ConfigError listing every problem.
 
-    require_input=False accepts an input folder that does not exist (yet, or any more): the
-    journal's commands (`status`, `retry`) need no input, and are most wanted when it is away.
+    require_input=False accepts an input folder that does not exist (yet, or any more), an
+    output folder that something else stands in place of, and paintings that are away: the
+    journal's commands (`status`, `retry`) need none of them, and are most wanted when they are
+    away.
     """
     shown = Path(path)
     try:
@@ -322,7 +341,18 @@ class _Setting:
 
 
 _Fields = dict[str, tuple[yaml.Node, yaml.Node]]
-_TOP_KEYS = ("input", "output", "state", "watch", "engine", "styles", "defaults", "rules")
+_TOP_KEYS = (
+    "input",
+    "output",
+    "state",
+    "watch",
+    "engine",
+    "styles",
+    "defaults",
+    "rules",
+    "retry",
+)
+_RETRY_KEYS = tuple(f.name for f in dataclasses.fields(RetrySettings))
 _WATCH_KEYS = tuple(f.name for f in dataclasses.fields(WatchConfig))
 _ENGINE_KEYS = (
     "device",
@@ -372,6 +402,7 @@ class _Loader:
         self.check_keys(top, _TOP_KEYS, "")
         folders = {name: self.folder(top, name, root) for name in ("input", "output", "state")}
         watch = self.watch(top.get("watch"))
+        retry = self.retry(top.get("retry"))
         engine = self.engine(top.get("engine"))
         defaults_layer = self.overrides(
             self.section(top.get("defaults"), "defaults", SETTING_KEYS), "defaults"
@@ -394,6 +425,7 @@ class _Loader:
             styles=MappingProxyType(styles),
             defaults=defaults,
             rules=tuple(rules),
+            retry=retry,
         )
 
     def folder(self, top: _Fields, name: str, root: yaml.Node) -> Path | None:
@@ -417,7 +449,9 @@ class _Loader:
             if folder is None:
                 continue
             if folder.exists() and not folder.is_dir():
-                self.problem(where(name), name, f"{folder} exists and is not a folder")
+                # The journal's commands still answer: they are most wanted when this breaks.
+                if self.require_input or name == "state":
+                    self.problem(where(name), name, f"{folder} exists and is not a folder")
             elif not folder.parent.is_dir():
                 self.problem(
                     where(name),
@@ -460,6 +494,28 @@ class _Loader:
             if value is not _INVALID:
                 changes[name] = value
         return dataclasses.replace(WatchConfig(), **changes)  # type: ignore[arg-type]
+
+    def retry(self, entry: tuple[yaml.Node, yaml.Node] | None) -> RetrySettings:
+        fields = self.section(entry, "retry", _RETRY_KEYS)
+        changes: dict[str, object] = {}
+        for name, (_, node) in fields.items():
+            key = f"retry.{name}"
+            if name == "max_attempts":
+                value = self.integer(node, key, lambda v: 1 <= v <= 100, "between 1 and 100")
+            elif name == "give_up_after":
+                value = self.real(node, key, lambda v: v >= 0, "a number of seconds >= 0")
+            else:
+                value = self.real(node, key, lambda v: 0 < v <= 86400, "between 0 and 86400 s")
+            if value is not _INVALID:
+                changes[name] = value
+        retry = dataclasses.replace(RetrySettings(), **changes)  # type: ignore[arg-type]
+        if retry.first_delay > retry.max_delay and entry is not None:
+            self.problem(
+                entry[1],
+                "retry.first_delay",
+                f"must not be longer than retry.max_delay ({retry.max_delay:g} s)",
+            )
+        return retry
 
     def extensions(self, node: yaml.Node, key: str) -> object:
         items = self.texts(node, key)
@@ -1012,6 +1068,8 @@ class _Loader:
 
     def existing_file(self, node: yaml.Node, key: str) -> Path | None:
         path = self.path_value(node, key)
+        if not self.require_input:
+            return path  # the journal's commands read no painting: one that is away is fine
         if path is not None and not path.is_file():
             what = "is not a file" if path.exists() else "does not exist"
             self.problem(node, key, f"{path} {what}")

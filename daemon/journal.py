@@ -66,6 +66,7 @@ DEFAULT_RETRY_FOR = 6 * 3600.0
 # lock for a moment; short enough that a stuck one is reported instead of hanging the daemon.
 BUSY_TIMEOUT_SECONDS = 5.0
 _CHUNK = 1 << 20
+WAL_PAGES = 32
 
 _SCHEMA = """
 CREATE TABLE jobs (
@@ -212,9 +213,7 @@ def backoff_seconds(
     return float(min(cap, base * factor ** min(attempt - 1, 64)))
 
 
-def streak_delay(
-    streak_seconds: float, *, first: float = 5.0, cap: float = 60.0
-) -> float:
+def streak_delay(streak_seconds: float, *, first: float = 5.0, cap: float = 60.0) -> float:
     """Wait before the next try of passing trouble that has lasted `streak_seconds`: as long as it
     has lasted so far, at least `first` and at most `cap` (5 s, 5 s, 10 s, 20 s, 40 s, 60 s, ...).
 
@@ -638,14 +637,34 @@ class Journal:
                 )
             return [_job(r) for r in rows]
 
-    def has_done(self, source: str, fingerprint: str, rule: int, style: str) -> bool:
-        """Whether this content of `source` was already stylized by this rule in this style,
-        under any settings: changed settings apply to new photos, not to those already done."""
+    def has_done(self, source: str, fingerprint: str, style: str) -> bool:
+        """Whether this content of `source` was already stylized in this style, under any rule
+        and settings: changed settings apply to new photos, not to those already done, and a
+        rule moved in the list (its index changed) plans nothing new."""
         with self._read() as cur:
             row = cur.execute(
-                "SELECT 1 FROM jobs WHERE source = ? AND fingerprint = ? AND rule = ? AND style = ?"
+                "SELECT 1 FROM jobs WHERE source = ? AND fingerprint = ? AND style = ?"
                 " AND state = ?",
-                (source, fingerprint, rule, style, JobState.DONE.value),
+                (source, fingerprint, style, JobState.DONE.value),
+            ).fetchone()
+        return row is not None
+
+    def has_pending(self, source: str, fingerprint: str, style: str, settings_hash: str) -> bool:
+        """Whether a job for this content, style and settings is queued, running or failed under
+        any rule: a reload that moved the rules must not queue the same work a second time."""
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT 1 FROM jobs WHERE source = ? AND fingerprint = ? AND style = ?"
+                " AND settings_hash = ? AND state IN (?, ?, ?)",
+                (
+                    source,
+                    fingerprint,
+                    style,
+                    settings_hash,
+                    JobState.QUEUED.value,
+                    JobState.RUNNING.value,
+                    JobState.FAILED.value,
+                ),
             ).fetchone()
         return row is not None
 
@@ -794,10 +813,13 @@ class Journal:
             cur.execute("BEGIN IMMEDIATE")
             try:
                 yield cur
+                cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                # A COMMIT that failed (a full disk) may leave the transaction open; the next
+                # BEGIN would then fail for good.
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
                 raise
-            cur.execute("COMMIT")
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Cursor]:
@@ -811,7 +833,17 @@ class Journal:
         except (sqlite3.ProgrammingError, sqlite3.IntegrityError):
             raise  # our own bugs: keep their type and traceback
         except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_FULL"):
+                self._give_back_wal()
             raise _explain(self._path, exc) from exc
+
+    def _give_back_wal(self) -> None:
+        """After a full disk: fold the write-ahead log into the database and truncate it, so
+        that the space it held is there for the next try (best effort: a reader may hold it)."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.DatabaseError as exc:
+            log.debug("journal_checkpoint_failed", error=str(exc))
 
     def _require(self, cur: sqlite3.Cursor, job_id: int, state: JobState) -> Job:
         job = _fetch(cur, job_id)
@@ -904,6 +936,12 @@ def _prepare(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
         # FULL: each commit is on disk before we go on, so a power cut cannot forget a job that
         # was marked done and redo it. A commit per photo makes the fsync cost invisible.
         conn.execute("PRAGMA synchronous = FULL")
+        # A short write-ahead log: folded into the database every WAL_PAGES pages written (a few
+        # jobs) and cut back to that size, so the journal needs little room beyond its own
+        # size and a state disk that filled and freed has room again (SQLite's default lets
+        # the log grow to 4 MB first).
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_PAGES * 4096}")
         if version == 0:
             _create_schema(conn)
             log.info("journal_created", path=str(path))

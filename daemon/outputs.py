@@ -18,11 +18,21 @@ from pathlib import Path
 
 import structlog
 
-__all__ = ["TEMP_MARKER", "clean_stale_temporaries", "is_temporary", "write_atomic"]
+__all__ = [
+    "OUTPUT_MARKER",
+    "TEMP_MARKER",
+    "claim_output_folder",
+    "clean_stale_temporaries",
+    "is_temporary",
+    "write_atomic",
+]
 
 log = structlog.get_logger()
 
 TEMP_MARKER = ".stylewatch-tmp"
+# In the output folder: the identity of the journal whose outputs these are. Hidden, so that an
+# output folder inside the input folder never offers it as a photo.
+OUTPUT_MARKER = ".stylewatch-journal"
 # Keeps ".<name>.<token>.stylewatch-tmp" under the usual 255-byte limit on a file name.
 _MAX_STEM_BYTES = 160
 # Errors of filesystems that have no hard links (FAT and exFAT cards, some SMB shares).
@@ -63,6 +73,17 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False, mode: int 
     # New folders need their own entries synced in their parents, or a power cut loses them.
     for synced in [folder, *(c.parent for c in created)]:
         _fsync_folder(synced)
+
+
+def claim_output_folder(root: Path, journal_id: str) -> str:
+    """Mark `root` as written with the journal `journal_id`, unless it is marked already; returns
+    the identity it carries now (another one means another journal made these outputs)."""
+    marker = root / OUTPUT_MARKER
+    try:
+        write_atomic(marker, f"{journal_id}\n".encode(), overwrite=False)
+    except FileExistsError:
+        return marker.read_text(encoding="utf-8", errors="replace").strip()
+    return journal_id
 
 
 def clean_stale_temporaries(

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from types import FrameType
 
@@ -22,20 +23,25 @@ import structlog
 from daemon import rules
 from daemon.config import Config, load_config
 from daemon.errors import ConfigError
-from daemon.journal import JobSpec, Journal, JournalError, SourceChangedError
+from daemon.journal import JobSpec, JobState, Journal, JournalError, SourceChangedError
 from daemon.notify import Notifier
-from daemon.outputs import clean_stale_temporaries
+from daemon.outputs import OUTPUT_MARKER, claim_output_folder, clean_stale_temporaries
 from daemon.stability import Signature, StabilityTracker, stat_signature
 from daemon.watcher import Watcher
-from daemon.worker import Engine, Worker, settings_hash
+from daemon.worker import Engine, Worker, settings_hash, still_planned
 from engine.errors import StyleError
 from engine.params import EngineConfig
 
 log = structlog.get_logger()
 
 STATUS_SECONDS = 2.0  # how often STATUS= is refreshed
+STATE_CHECK_SECONDS = 2.0  # how often the service checks that its journal is still its own
+# While the journal cannot be written (its disk full, a lock held by another program), intake
+# pauses: it tries again this often, and says so in the log at most once per INTAKE_LOG_SECONDS.
+INTAKE_RETRY_SECONDS = 5.0
+INTAKE_LOG_SECONDS = 60.0
 # Settings that only take effect at start: a reload that changes them says a restart is needed.
-RESTART_ONLY = ("input", "output", "state", "watch", "engine")
+RESTART_ONLY = ("input", "output", "state", "watch", "engine", "retry")
 
 
 def real_engine(config: EngineConfig) -> Engine:
@@ -69,6 +75,11 @@ class Service:
         self._taken: dict[Path, Signature] = {}
         self._unmatched: set[PurePosixPath] = set()
         self._taken_lock = threading.Lock()
+        self._state_lost: str | None = None  # why the service stopped: its journal is gone
+        # Intake paused by a journal that cannot be written: (until, reason, last logged).
+        self._intake_paused: tuple[float, str] | None = None
+        self._intake_logged = -math.inf
+        self._scan_requested = False
 
     # -- signals: flags only ---------------------------------------------------------------------
 
@@ -80,10 +91,17 @@ class Service:
         self._reload_requested = True
         self._wake.set()
 
-    def install_signal_handlers(self) -> None:
+    def install_signal_handlers(self, early: Iterable[int] = ()) -> None:
+        """Take over from the command line's start-up handlers; `early` are the signals that
+        arrived before (while the config was read), handled now in their order."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)
+        for signum in early:
+            if signum == signal.SIGHUP:
+                self.request_reload(signum)
+            else:
+                self.request_stop(signum)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -92,13 +110,20 @@ class Service:
         config = self.config
         config.output.mkdir(parents=True, exist_ok=True)
         config.state.mkdir(parents=True, exist_ok=True)
-        journal = Journal.open(config.state)
+        journal = Journal.open(
+            config.state,
+            max_attempts=config.retry.max_attempts,
+            retry_for=config.retry.give_up_after,
+        )
         try:
+            self._claim_output_folder(journal)
             self._serve(journal)
         finally:
             journal.close()
             self._notifier.close()
             log.info("service_stopped")
+        if self._state_lost is not None:
+            raise JournalError(self._state_lost)
 
     def _serve(self, journal: Journal) -> None:
         config = self.config
@@ -112,9 +137,14 @@ class Service:
             recovered_jobs=recovered,
             stale_temporaries=cleaned,
         )
-        engine = self._engine_factory(config.engine.engine)
-        self._prepare_styles(engine, config)
         self.journal = journal
+        if self.stop_event.is_set():
+            return  # stopped while starting: nothing was taken, nothing to drain
+        engine = self._engine_factory(config.engine.engine)
+        if self.stop_event.is_set():
+            engine.close()  # SIGTERM while the model loaded: no batch may start now
+            return
+        self._prepare_styles(engine, config)
         watcher = Watcher(config, self)
         worker = Worker(journal, engine, lambda: self.config, source_missing=self._source_missing)
         worker_stop = threading.Event()
@@ -124,6 +154,8 @@ class Service:
         try:
             watcher.start()
             found = watcher.scan()
+            if self.stop_event.is_set():
+                return  # the finally below stops the watcher; the worker never started
             worker_thread.start()
             log.info(
                 "service_ready",
@@ -141,9 +173,13 @@ class Service:
         finally:
             self._notifier.stopping()
             log.info("service_stopping")
-            watcher.stop()
+            # The worker first: it must not take another batch while the watcher's threads are
+            # being joined (seconds on a slow share).
             worker_stop.set()
             self._worker_wake.set()
+            if self._state_lost is not None:
+                worker.abort()  # its journal is gone: nothing it finishes could be recorded
+            watcher.stop()
             if worker_thread.is_alive():
                 worker_thread.join(self._stop_grace)
                 if worker_thread.is_alive():
@@ -156,15 +192,22 @@ class Service:
         self, journal: Journal, watcher: Watcher, worker: Worker, worker_thread: threading.Thread
     ) -> None:
         ping_every = self._notifier.watchdog_interval()
-        next_ping = next_status = 0.0
+        next_ping = next_status = next_state_check = 0.0
         was_healthy = True
         while not self.stop_event.is_set():
             if self._reload_requested:
                 self._reload_requested = False
-                self._reload()
+                self._reload(journal)
+            if self._scan_requested:
+                self._scan_requested = False
+                watcher.scan()  # after a reload: files the new rules plan differently
+            if time.monotonic() >= next_state_check:
+                next_state_check = time.monotonic() + STATE_CHECK_SECONDS
+                if self._check_state(journal):
+                    break
             # Wake the worker once per round, not per file: a burst that settled together is
             # queued together and so can run as one batch.
-            if sum(self._intake_or_defer(journal, path) for path in self._tracker.due()):
+            if self._intake_round(journal):
                 self._worker_wake.set()
             now = time.monotonic()
             if now >= next_status:
@@ -194,22 +237,63 @@ class Service:
                 worker.run(stop, self._worker_wake)
             except Exception:  # a journal or disk error: log it, wait, carry on
                 log.exception("worker_error")
-                stop.wait(5.0)
-                self._requeue_abandoned()
+                # The batch that broke off is still marked running: it goes back to the queue
+                # before the worker takes anything else, however long the journal needs.
+                while not stop.wait(5.0) and not self._requeue_abandoned():
+                    pass
 
-    def _requeue_abandoned(self) -> None:
-        """Put the jobs of the batch that just broke off back in the queue.
+    def _requeue_abandoned(self) -> bool:
+        """Put the jobs of the batch that just broke off back in the queue; False when the
+        journal still fails (the caller tries again).
 
         They are still marked running, and nothing would take them again before a restart. Only
         the worker thread runs jobs, so every running job belongs to that batch.
         """
         try:
             requeued = self.journal.recover()
-        except JournalError as exc:  # still failing: the next round tries again
-            log.warning("requeue_failed", error=str(exc))
-            return
+        except JournalError as exc:
+            log.warning("requeue_failed", error=str(exc), retry_in=5.0)
+            return False
         if requeued:
             log.info("jobs_requeued", jobs=requeued, reason="worker_error")
+        return True
+
+    def _claim_output_folder(self, journal: Journal) -> None:
+        """The output folder remembers the journal that writes it (OUTPUT_MARKER). Another
+        journal's mark means this state folder is not the one that made these outputs (it was
+        lost, deleted or replaced): starting would make every photo again as `~2` copies."""
+        output = self.config.output
+        try:
+            owner = claim_output_folder(output, journal.id)
+        except OSError as exc:
+            # A full or read-only output disk must not keep the service from starting: its jobs
+            # wait for the disk (retried), and the mark is written at the next start.
+            log.warning("output_folder_unmarked", folder=str(output), error=str(exc))
+            return
+        if owner != journal.id:
+            raise JournalError(
+                f"the output folder {output} was written with another journal (id {owner}) than "
+                f"{journal.path} (id {journal.id}): the state folder that made its outputs was "
+                "lost or replaced. Restore it, and every photo stays done once; to start afresh "
+                "instead (photos already done would be made again, as `~2` copies), remove "
+                f"{output / OUTPUT_MARKER}"
+            )
+
+    def _check_state(self, journal: Journal) -> bool:
+        """True when the journal is no longer this service's own (its state folder removed or
+        the file replaced): the service stops, with exit 78, rather than split in two."""
+        lost = journal.lost()
+        if lost is None:
+            return False
+        self._state_lost = (
+            f"the state folder's journal is gone ({lost}) while the service ran; it stopped so "
+            "that no photo is processed twice. Restore the state folder from a backup, or, to "
+            f"start afresh (photos already done would be done again), remove "
+            f"{self.config.output / OUTPUT_MARKER} and start the service"
+        )
+        log.error("state_lost", reason=lost, hint=self._state_lost)
+        self.stop_event.set()
+        return True
 
     # -- what the watcher reports (called from its threads) -------------------------------------
 
@@ -256,18 +340,47 @@ class Service:
 
     # -- intake: a settled file becomes jobs ----------------------------------------------------
 
-    def _intake_or_defer(self, journal: Journal, path: Path) -> int:
-        try:
-            return self._intake(journal, path)
-        except JournalError as exc:
-            # Another program holds the journal's write lock (an sqlite3 shell), or its disk is
-            # full: try this file again after the settle time instead of stopping the service.
-            with self._taken_lock:
-                self._taken.pop(path, None)
-            self._tracker.activity(path)
-            relpath = path.relative_to(self.config.input).as_posix()
-            log.warning("intake_deferred", source=relpath, error=str(exc))
+    def _intake_round(self, journal: Journal) -> int:
+        """Take in every settled file; returns how many jobs were queued.
+
+        When the journal cannot be written (its disk full, its lock held by another program),
+        intake pauses: the files stay tracked, the round is tried again every
+        INTAKE_RETRY_SECONDS, and the log and STATUS say so once a minute, not once per file.
+        """
+        now = time.monotonic()
+        if self._intake_paused is not None and now < self._intake_paused[0]:
             return 0
+        queued = 0
+        due = self._tracker.due()
+        for index, path in enumerate(due):
+            try:
+                queued += self._intake(journal, path)
+            except JournalError as exc:
+                # This file and the rest of the round wait; nothing is lost.
+                for waiting in due[index:]:
+                    with self._taken_lock:
+                        self._taken.pop(waiting, None)
+                    self._tracker.activity(waiting)
+                self._pause_intake(str(exc), len(due) - index)
+                return queued
+        if self._intake_paused is not None and due:
+            log.info("intake_resumed", after=self._intake_paused[1])
+            self._intake_paused = None
+            self._intake_logged = -math.inf
+        return queued
+
+    def _pause_intake(self, reason: str, files: int) -> None:
+        now = time.monotonic()
+        self._intake_paused = (now + INTAKE_RETRY_SECONDS, reason)
+        if now - self._intake_logged >= INTAKE_LOG_SECONDS:
+            self._intake_logged = now
+            log.warning(
+                "intake_paused",
+                error=reason,
+                files_waiting=files,
+                retry_every=INTAKE_RETRY_SECONDS,
+                hint="new photos are taken in as soon as the journal can be written again",
+            )
 
     def _intake(self, journal: Journal, path: Path) -> int:
         """A settled file: decide, fingerprint, queue. Returns how many jobs it queued."""
@@ -335,10 +448,12 @@ class Service:
                 settings_hash=settings_hash(output),
                 output=str(output.relpath),
             )
-            if journal.has_done(spec.source, spec.fingerprint, spec.rule, spec.style):
+            if journal.has_done(spec.source, spec.fingerprint, spec.style):
                 # Already stylized in this style (perhaps under older settings): not redone.
                 log.info("file_already_done", source=spec.source, style=spec.style)
                 continue
+            if journal.has_pending(spec.source, spec.fingerprint, spec.style, spec.settings_hash):
+                continue  # queued (or failed) under the rule's old position: it stands
             job = journal.enqueue(spec)
             if job is not None:
                 queued += 1
@@ -358,7 +473,7 @@ class Service:
 
     # -- reload, health, status ------------------------------------------------------------------
 
-    def _reload(self) -> None:
+    def _reload(self, journal: Journal) -> None:
         self._notifier.reloading()
         try:
             new = load_config(self.config_path)
@@ -378,11 +493,42 @@ class Service:
             )
             new = dataclasses.replace(new, **{key: getattr(old, key) for key in changed})
         self.config = new
+        kept, cancelled = self._replan_queue(journal, new)
         with self._taken_lock:
             self._taken.clear()  # new rules may now match files that were unmatched
         self._unmatched.clear()
-        log.info("config_reloaded", rules=len(new.rules), styles=len(new.styles))
+        # One scan takes every file in again under the new rules: what they plan anew is
+        # queued, what was done stays done (journal.has_done), what is queued stays queued.
+        self._scan_requested = True
+        log.info(
+            "config_reloaded",
+            rules=len(new.rules),
+            styles=len(new.styles),
+            queued_kept=kept,
+            queued_cancelled=cancelled,
+        )
         self._notifier.ready()
+
+    def _replan_queue(self, journal: Journal, config: Config) -> tuple[int, int]:
+        """The reload's one pass over the queue: a queued job that the new config still plans
+        (same style, same settings) stays; one it no longer plans is cancelled here, once,
+        rather than by the worker when its turn comes. Returns (kept, cancelled)."""
+        kept = cancelled = 0
+        try:
+            queued = journal.jobs(JobState.QUEUED)
+            for job in queued:
+                if still_planned(config, job) is not None:
+                    kept += 1
+                    continue
+                if journal.cancel(job.id, "the config no longer plans this output"):
+                    cancelled += 1
+                    log.info(
+                        "job_cancelled", source=job.source, style=job.style, reason="config_changed"
+                    )
+        except JournalError as exc:
+            # The worker checks each job against the config before running it anyway.
+            log.warning("reload_replan_failed", error=str(exc))
+        return kept, cancelled
 
     def _healthy(self, watcher: Watcher, worker: Worker, worker_thread: threading.Thread) -> bool:
         """Alive and not stuck: a busy worker must show progress within engine.stuck_seconds."""
@@ -401,15 +547,21 @@ class Service:
                     log.error("style_unusable", style=target.style_name, error=str(exc))
 
     def _status_text(self, journal: Journal) -> str:
-        counts = {state.value: n for state, n in journal.counts().items()}
-        return (
+        try:
+            counts = {state.value: n for state, n in journal.counts().items()}
+        except JournalError as exc:
+            return f"journal unreadable: {exc}"
+        text = (
             f"{counts.get('queued', 0)} queued, {counts.get('running', 0)} running, "
             f"{counts.get('done', 0)} done, {counts.get('failed', 0)} failed"
         )
+        if self._intake_paused is not None:
+            text += f"; intake paused: {self._intake_paused[1]}"
+        return text
 
     def _sleep_time(self, next_status: float, next_ping: float | None) -> float:
         now = time.monotonic()
-        wake_at = [next_status]
+        wake_at = [next_status, now + STATE_CHECK_SECONDS]
         if next_ping is not None:
             wake_at.append(next_ping)
         deadline = self._tracker.next_deadline()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 import errno
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -17,7 +19,7 @@ from PIL import Image
 
 from daemon import rules
 from daemon.config import Config
-from daemon.journal import Job, Journal, backoff_seconds
+from daemon.journal import Job, Journal, backoff_seconds, streak_delay
 from daemon.outputs import write_atomic
 from engine import errors as engine_errors
 from engine import images
@@ -53,25 +55,51 @@ class Engine(Protocol):
     def shrink_memory_budget(self) -> bool: ...
 
 
-# Engine failures of a whole batch: (type, kind recorded in the journal, permanent?).
-_BATCH_FAILURES: tuple[tuple[type[Exception], str, bool], ...] = (
-    (engine_errors.BadImageError, "bad_image", True),  # e.g. a photo too thin for the network
-    (engine_errors.NumericalError, "numerical", True),  # NaN: the same inputs give it again
-    (engine_errors.StyleError, "style", False),  # the painting may be fixed or come back
+class Outcome(enum.Enum):
+    """What a failure means for its job (daemon/journal.py's mark_failed)."""
+
+    PERMANENT = "permanent"  # the same inputs fail the same way: failed at once
+    PASSING = "passing"  # trouble that can pass (I/O, a share away): retried for hours
+    UNKNOWN = "unknown"  # an error of unknown kind: retried up to retry.max_attempts
+
+
+# Engine failures of a whole batch: (type, kind recorded in the journal, outcome).
+_BATCH_FAILURES: tuple[tuple[type[Exception], str, Outcome], ...] = (
+    # e.g. a photo too thin for the network
+    (engine_errors.BadImageError, "bad_image", Outcome.PERMANENT),
+    # NaN: the same inputs give it again
+    (engine_errors.NumericalError, "numerical", Outcome.PERMANENT),
+    # the painting may be fixed, or its share come back
+    (engine_errors.StyleError, "style", Outcome.PASSING),
 )
 
 
-def _classify(exc: Exception) -> tuple[str, bool]:
-    for kind_type, kind, permanent in _BATCH_FAILURES:
+def _classify(exc: Exception) -> tuple[str, Outcome]:
+    for kind_type, kind, outcome in _BATCH_FAILURES:
         if isinstance(exc, kind_type):
-            return kind, permanent
-    return "internal", False  # unknown: retried with backoff, up to max_attempts
+            return kind, outcome
+    return "internal", Outcome.UNKNOWN
 
 
 def settings_hash(output: rules.PlannedOutput) -> str:
     """Identity of everything that shapes an output: a change makes new jobs, not stale ones."""
     key = repr((output.params, output.style.images, output.format, output.quality))
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def still_planned(config: Config, job: Job) -> rules.PlannedOutput | None:
+    """The output that `config` plans for `job`'s photo in its style and settings, or None.
+
+    The rule's position does not matter: a rule moved in the list, or one inserted above it,
+    plans the same output, and the queued job stands.
+    """
+    decision = rules.decide(config, PurePosixPath(job.source))
+    if not isinstance(decision, rules.Plan):
+        return None
+    for output in decision.outputs:
+        if output.style_name == job.style and settings_hash(output) == job.settings_hash:
+            return output
+    return None
 
 
 @dataclass
@@ -138,6 +166,7 @@ class Worker:
             item = self._prepare(config, job)
             if item is not None:
                 items.append(item)
+        items = [item for item in items if not self._reuse(config, item.job)]
         if not items:
             return
         planned = items[0].planned
@@ -177,11 +206,11 @@ class Worker:
             self._out_of_memory(items, exc)
             return
         except Exception as exc:  # the per-batch boundary: record, keep the daemon running
-            kind, permanent = _classify(exc)
+            kind, outcome = _classify(exc)
             if kind == "internal":
                 log.exception("batch_failed", sources=[i.job.source for i in items])
             for item in items:
-                self._fail(item.job, exc, kind, permanent=permanent)
+                self._fail(item.job, exc, kind, outcome)
             return
         self._batch_limit = None
         seconds = time.perf_counter() - started
@@ -193,8 +222,12 @@ class Worker:
         source = config.input / job.source
         planned = self._planned(config, job)
         if planned is None:
+            # The reload's own pass (service.py) keeps the queue in step with the config; this
+            # is a race with a reload. The service takes the file in again under the new rules.
             self._journal.cancel(job.id, "the config no longer plans this output")
             log.info("job_cancelled", source=job.source, style=job.style, reason="config_changed")
+            if self._source_missing is not None:
+                self._source_missing(job.source)
             return None
         try:
             data = source.read_bytes()
@@ -205,7 +238,7 @@ class Worker:
                 self._source_missing(job.source)
             return None
         except OSError as exc:
-            self._fail(job, exc, "io", permanent=False)
+            self._fail(job, exc, "io", Outcome.PASSING)
             return None
         if hashlib.sha256(data).hexdigest() != job.fingerprint:
             # New content under the same name: the watcher queues it as its own job.
@@ -215,50 +248,30 @@ class Worker:
         try:
             decoded = images.decode(data)
         except engine_errors.BadImageError as exc:
-            self._fail(job, exc, f"bad_image:{exc.reason}", permanent=True)
+            # Unreadable (permissions) can be mended by the admin; damaged bytes cannot.
+            passing = exc.reason == "unreadable"
+            self._fail(
+                job,
+                exc,
+                f"bad_image:{exc.reason}",
+                Outcome.PASSING if passing else Outcome.PERMANENT,
+            )
             return None
         return _Item(job, planned, decoded)
 
     def _planned(self, config: Config, job: Job) -> rules.PlannedOutput | None:
-        decision = rules.decide(config, PurePosixPath(job.source))
-        if not isinstance(decision, rules.Plan) or decision.rule_index != job.rule:
-            return None
-        for output in decision.outputs:
-            if output.style_name == job.style and settings_hash(output) == job.settings_hash:
-                return output
-        return None
+        return still_planned(config, job)
 
     def _write(self, config: Config, item: _Item, result: Stylized, seconds: float) -> None:
         job, planned = item.job, item.planned
-        try:
-            claimed = self._journal.claim_output(
-                job.output,
-                job.source,
-                job.fingerprint,
-                # lexists: a dangling symlink occupies the name too (exists() follows it and
-                # says no; link() would then fail and the job pass as done with no output).
-                taken=lambda rel: os.path.lexists(config.output / rel),
-            )
-            data = images.encode(
-                result.image,
-                planned.format,
-                quality=planned.quality,
-                metadata=item.decoded.metadata,
-            )
-            target = config.output / claimed
-            try:
-                write_atomic(target, data, overwrite=False)
-            except FileExistsError:
-                # Written before a crash that came before mark_done: the same content's output.
-                if self._journal.output_owner(claimed) != (job.source, job.fingerprint):
-                    raise
-        except OSError as exc:
-            if exc.errno == errno.ENAMETOOLONG:
-                # The source's name plus what the template adds is over the filesystem's limit
-                # (255 bytes on most): every retry would fail the same way.
-                self._fail(job, exc, "output_name_too_long", permanent=True)
-            else:
-                self._fail(job, exc, "io", permanent=False)
+        data = images.encode(
+            result.image,
+            planned.format,
+            quality=planned.quality,
+            metadata=item.decoded.metadata,
+        )
+        claimed = self._deliver(config, job, data)
+        if claimed is None:
             return
         self._journal.mark_done(job.id, claimed)
         width, height = result.image.size
@@ -275,6 +288,82 @@ class Worker:
             result="done",
         )
 
+    def _reuse(self, config: Config, job: Job) -> bool:
+        """Deliver the artwork a done job already made of the same content in the same style and
+        settings (a folder renamed after its photos were done) as a copy; False to compute it.
+
+        A copy, not a hard link: each mirrored output stays a file of its own that people can
+        edit or delete without touching the other.
+        """
+        previous = self._journal.reusable_output(job.fingerprint, job.style, job.settings_hash)
+        if previous is None:
+            return False
+        try:
+            data = _read_regular(config.output / previous)
+        except OSError:
+            return False  # moved, deleted or replaced meanwhile: make it anew
+        claimed = self._deliver(config, job, data)
+        if claimed is None:
+            return True  # failed and recorded
+        self._journal.mark_done(job.id, claimed)
+        log.info(
+            "job_done",
+            source=job.source,
+            output=claimed,
+            rule=job.rule,
+            style=job.style,
+            steps=0,
+            seconds=0.0,
+            reused=previous,
+            result="done",
+        )
+        return True
+
+    def _deliver(self, config: Config, job: Job, data: bytes) -> str | None:
+        """Claim the job's output name and write `data` there; the name, or None after
+        recording the failure."""
+        try:
+            claimed = self._journal.claim_output(
+                job.output,
+                job.source,
+                job.fingerprint,
+                # lexists: a dangling symlink occupies the name too (exists() follows it and
+                # says no; link() would then fail and the job pass as done with no output).
+                taken=lambda rel: os.path.lexists(config.output / rel),
+            )
+            self._publish(config.output, config.output / claimed, data, claimed, job)
+        except OutputBlockedError as exc:
+            self._fail(job, exc, "output_blocked", Outcome.PASSING)
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                # The source's name plus what the template adds is over the filesystem's limit
+                # (255 bytes on most): every retry would fail the same way.
+                self._fail(job, exc, "output_name_too_long", Outcome.PERMANENT)
+            else:
+                self._fail(job, exc, "io", Outcome.PASSING)
+            return None
+        return claimed
+
+    def _publish(self, root: Path, target: Path, data: bytes, claimed: str, job: Job) -> None:
+        """write_atomic, telling an output written before a crash (done) from a path that is
+        blocked by something else (a file where a folder should be): the latter raises
+        OutputBlockedError and is retried until the path is free."""
+        try:
+            write_atomic(target, data, overwrite=False)
+        except (FileExistsError, NotADirectoryError) as exc:
+            blocker = _blocker(root, target)
+            if blocker is not None:
+                raise OutputBlockedError(
+                    f"cannot write {target}: {blocker} is in the way (a file where a folder "
+                    "should be); move it away and the photo is written at the next try"
+                ) from exc
+            if isinstance(exc, NotADirectoryError):
+                raise
+            # Written before a crash that came before mark_done: the same content's output.
+            if self._journal.output_owner(claimed) != (job.source, job.fingerprint):
+                raise
+
     def _out_of_memory(self, items: list[_Item], exc: Exception) -> None:
         if len(items) > 1:
             # Try again in smaller batches: put the jobs back without counting the attempt.
@@ -289,20 +378,75 @@ class Worker:
             log.warning("out_of_memory", batch=1, source=items[0].job.source, retry="smaller tiles")
             return
         for item in items:
-            self._fail(item.job, exc, "out_of_memory", permanent=False)
+            self._fail(item.job, exc, "out_of_memory", Outcome.UNKNOWN)
 
-    def _fail(self, job: Job, exc: BaseException, kind: str, *, permanent: bool) -> None:
-        retry_at = None if permanent else self._wall() + backoff_seconds(job.attempts)
+    def _fail(self, job: Job, exc: BaseException, kind: str, outcome: Outcome) -> None:
+        retry = self._config().retry
+        now = self._wall()
+        if outcome is Outcome.PERMANENT:
+            retry_at = None
+        elif outcome is Outcome.PASSING:
+            streak = now - (job.first_failure if job.first_failure is not None else now)
+            retry_at = now + streak_delay(streak, first=retry.first_delay, cap=retry.max_delay)
+        else:
+            retry_at = now + backoff_seconds(
+                max(1, job.attempts), base=retry.first_delay, cap=retry.max_delay
+            )
         after = self._journal.mark_failed(
-            job.id, str(exc), kind, permanent=permanent, retry_at=retry_at
+            job.id,
+            str(exc),
+            kind,
+            permanent=outcome is Outcome.PERMANENT,
+            retry_at=retry_at,
+            transient=outcome is Outcome.PASSING,
         )
+        failed = after.state.value == "failed"
         log.warning(
-            "job_failed" if after.state.value == "failed" else "job_retry",
+            "job_failed" if failed else "job_retry",
             source=job.source,
             style=job.style,
             kind=kind,
             error=str(exc),
             attempts=after.attempts,
-            retry_in=None if retry_at is None else round(retry_at - self._wall(), 1),
+            # Only a job that will be tried again has a next try.
+            retry_in=None if failed or retry_at is None else round(retry_at - now, 1),
+            failing_for=(
+                None if after.first_failure is None else round(now - after.first_failure, 1)
+            ),
             result=after.state.value,
         )
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file, never through a symlink planted at its name."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
+        return f.read()
+
+
+class OutputBlockedError(OSError):
+    """Something that is not ours stands where an output or its folder must go."""
+
+
+def _blocker(root: Path, target: Path) -> Path | None:
+    """The first path from the output folder down to `target`'s folder that exists and is not
+    a folder, or `target` itself when it is neither a file nor absent (a folder, a socket)."""
+    folders = [target.parent, *target.parent.parents]
+    for folder in reversed(folders):
+        if not folder.is_relative_to(root.parent):
+            continue
+        try:
+            mode = folder.lstat().st_mode
+        except FileNotFoundError:
+            return None  # nothing in the way from here down: the folders can be made
+        except OSError:
+            continue
+        if not stat.S_ISDIR(mode):
+            return folder
+    try:
+        mode = target.lstat().st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else target

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 import torch
 from harness import Fleet
 from PIL import Image
@@ -21,6 +22,14 @@ from engine.vgg import TORCHVISION_VGG19, build_vgg19_features
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
+
+
+@pytest.fixture(autouse=True)
+def _structlog_reset_after_each_test() -> Iterator[None]:
+    """A test that runs the CLI in-process configures structlog onto pytest's captured stderr,
+    which is closed after it: the next test must not log there, whatever the order."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

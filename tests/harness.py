@@ -191,6 +191,7 @@ rules:
 # ---- the trust suite's shared checks (tests/test_trust_*.py) ----------------------------------
 
 TEMP_MARKER = ".stylewatch-tmp"
+OUTPUT_MARKER = ".stylewatch-journal"  # the output folder's record of its journal: no output
 # Events that only a bug produces: an exception escaped a per-job or per-event boundary.
 BUG_EVENTS = frozenset(
     {"worker_error", "watch_sink_failed", "watch_event_failed", "watch_supervisor_failed"}
@@ -214,7 +215,10 @@ def output_names(outbox: Path) -> set[str]:
     return {
         p.relative_to(outbox).as_posix()
         for p in outbox.rglob("*")
-        if p.is_file() and not p.is_symlink() and TEMP_MARKER not in p.name
+        if p.is_file()
+        and not p.is_symlink()
+        and TEMP_MARKER not in p.name
+        and p.relative_to(outbox).as_posix() != OUTPUT_MARKER
     }
 
 

@@ -12,6 +12,7 @@ from harness import MINIMAL
 
 from daemon.config import (
     Config,
+    RetrySettings,
     WatchConfig,
     filesystem_type,
     load_config,
@@ -152,6 +153,7 @@ def test_example_config_loads(tmp_path: Path) -> None:
     assert config.watch == WatchConfig()  # the example spells out the defaults
     assert config.defaults.params == StyleParams()
     assert config.engine.batch_size == 4
+    assert config.retry == RetrySettings()  # and the retry defaults
     assert config.rules
     assert all(config.styles[name] for rule in config.rules for name in rule.styles)
 
@@ -496,6 +498,31 @@ def test_bad_watch_values(tmp_path: Path, watch: str, key: str) -> None:
     _, error = problems(tmp_path, text)
     assert list(by_key(error)) == [key]
     assert error.problems[0].line == line_of(text, "watch:")
+
+
+def test_retry_section_defaults_and_settings(tmp_path: Path) -> None:
+    assert load_text(tmp_path / "a", MINIMAL).retry == RetrySettings()
+    assert RetrySettings().give_up_after >= 3600  # hours, not minutes
+    text = MINIMAL + "retry: {give_up_after: 60, first_delay: 1, max_delay: 2, max_attempts: 3}\n"
+    assert load_text(tmp_path / "b", text).retry == RetrySettings(60.0, 1.0, 2.0, 3)
+
+
+@pytest.mark.parametrize(
+    ("retry", "key"),
+    [
+        ("{give_up_after: -1}", "retry.give_up_after"),
+        ("{first_delay: 0}", "retry.first_delay"),
+        ("{max_delay: never}", "retry.max_delay"),
+        ("{max_attempts: 0}", "retry.max_attempts"),
+        ("{first_delay: 90, max_delay: 60}", "retry.first_delay"),
+        ("{give_up: 60}", "retry.give_up"),
+    ],
+)
+def test_bad_retry_values(tmp_path: Path, retry: str, key: str) -> None:
+    text = MINIMAL + f"retry: {retry}\n"
+    _, error = problems(tmp_path, text)
+    assert list(by_key(error)) == [key]
+    assert error.problems[0].line == line_of(text, "retry:")
 
 
 # --- folders -------------------------------------------------------------------------------------

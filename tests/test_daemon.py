@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import CONFIG, STYLEWATCH, Daemon, photo, wait_until
+from harness import CONFIG, OUTPUT_MARKER, STYLEWATCH, Daemon, photo, wait_until
 from PIL import Image
 
 
@@ -45,7 +45,12 @@ def make_daemon(
 
 
 def outputs(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    """Every file under the output folder but its record of the journal (OUTPUT_MARKER)."""
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).as_posix() != OUTPUT_MARKER
+    )
 
 
 def test_a_nested_tree_comes_out_mirrored_including_files_there_before_start(
