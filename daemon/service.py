@@ -19,10 +19,13 @@ from types import FrameType
 
 import structlog
 
-from daemon import rules
+from daemon import events, rules
 from daemon.config import Config, load_config
 from daemon.errors import ConfigError
+from daemon.hooks import HookRunner
 from daemon.journal import JobSpec, Journal, JournalError, SourceChangedError
+from daemon.live import LiveState
+from daemon.metrics import TextfileWriter
 from daemon.notify import Notifier
 from daemon.outputs import clean_stale_temporaries
 from daemon.stability import Signature, StabilityTracker, stat_signature
@@ -34,6 +37,7 @@ from engine.params import EngineConfig
 log = structlog.get_logger()
 
 STATUS_SECONDS = 2.0  # how often STATUS= is refreshed
+HEARTBEAT_SECONDS = 1.0  # how often live.json says the main loop is alive
 # Settings that only take effect at start: a reload that changes them says a restart is needed.
 RESTART_ONLY = ("input", "output", "state", "watch", "engine")
 
@@ -69,6 +73,8 @@ class Service:
         self._taken: dict[Path, Signature] = {}
         self._unmatched: set[PurePosixPath] = set()
         self._taken_lock = threading.Lock()
+        # Job and service events: the live state file, hooks and the metrics textfile listen.
+        self.bus = events.EventBus()
 
     # -- signals: flags only ---------------------------------------------------------------------
 
@@ -93,9 +99,25 @@ class Service:
         config.output.mkdir(parents=True, exist_ok=True)
         config.state.mkdir(parents=True, exist_ok=True)
         journal = Journal.open(config.state)
+        live = LiveState(config.state)
+        hooks = HookRunner(lambda: self.config)
+        textfile = None
+        if config.metrics.textfile is not None:
+            textfile = TextfileWriter(
+                config.metrics.textfile, config.metrics.interval_seconds, journal, live.snapshot
+            )
+        for subscriber in (live, hooks):
+            self.bus.subscribe(subscriber)
+            subscriber.start()
+        if textfile is not None:
+            textfile.start()
         try:
             self._serve(journal)
         finally:
+            hooks.stop()
+            if textfile is not None:
+                textfile.stop()
+            live.stop()
             journal.close()
             self._notifier.close()
             log.info("service_stopped")
@@ -116,7 +138,9 @@ class Service:
         self._prepare_styles(engine, config)
         self.journal = journal
         watcher = Watcher(config, self)
-        worker = Worker(journal, engine, lambda: self.config, source_missing=self._source_missing)
+        worker = Worker(
+            journal, engine, lambda: self.config, source_missing=self._source_missing, bus=self.bus
+        )
         worker_stop = threading.Event()
         worker_thread = threading.Thread(
             target=self._run_worker, args=(worker, worker_stop), name="stylewatch-worker"
@@ -136,11 +160,21 @@ class Service:
                 # True only on a GPU with engine.cuda_graphs on (a failed capture logs why).
                 cuda_graphs=bool(getattr(getattr(engine, "graphs", None), "enabled", False)),
             )
+            self.bus.emit(
+                events.ServiceReady(
+                    pid=os.getpid(),
+                    device=str(getattr(engine, "device", "unknown")),
+                    precision=str(getattr(engine, "precision", config.engine.engine.precision)),
+                    input=str(config.input),
+                    output=str(config.output),
+                )
+            )
             self._notifier.ready(self._status_text(journal))
             self._main_loop(journal, watcher, worker, worker_thread)
         finally:
             self._notifier.stopping()
             log.info("service_stopping")
+            self.bus.emit(events.ServiceStopping(pid=os.getpid()))
             watcher.stop()
             worker_stop.set()
             self._worker_wake.set()
@@ -156,7 +190,7 @@ class Service:
         self, journal: Journal, watcher: Watcher, worker: Worker, worker_thread: threading.Thread
     ) -> None:
         ping_every = self._notifier.watchdog_interval()
-        next_ping = next_status = 0.0
+        next_ping = next_status = next_beat = 0.0
         was_healthy = True
         while not self.stop_event.is_set():
             if self._reload_requested:
@@ -170,6 +204,14 @@ class Service:
             if now >= next_status:
                 self._notifier.status(self._status_text(journal))
                 next_status = now + STATUS_SECONDS
+            if now >= next_beat:
+                self.bus.emit(
+                    events.ServiceHeartbeat(
+                        healthy=self._healthy(watcher, worker, worker_thread),
+                        input_reachable=self.config.input.is_dir(),
+                    )
+                )
+                next_beat = now + HEARTBEAT_SECONDS
             if now >= next_ping:
                 healthy = self._healthy(watcher, worker, worker_thread)
                 if healthy and ping_every is not None:
@@ -185,7 +227,7 @@ class Service:
                     )
                     was_healthy = healthy
                 next_ping = now + (ping_every or 1.0)
-            self._wake.wait(self._sleep_time(next_status, next_ping))
+            self._wake.wait(self._sleep_time(min(next_status, next_beat), next_ping))
             self._wake.clear()
 
     def _run_worker(self, worker: Worker, stop: threading.Event) -> None:
@@ -247,6 +289,7 @@ class Service:
         )
         if cancelled:
             log.info("job_cancelled", source=str(relpath), jobs=cancelled, reason="source_removed")
+            self.bus.emit(events.JobCancelled(str(relpath), "source_removed"))
 
     def _source_missing(self, source: str) -> None:
         """The worker found no file for a queued job (called from its thread). Forget that it was
@@ -349,6 +392,9 @@ class Service:
                     style=spec.style,
                     output=spec.output,
                     job=job.id,
+                )
+                self.bus.emit(
+                    events.JobQueued(job.id, spec.source, spec.rule, spec.style, spec.output)
                 )
         return queued
 

@@ -15,7 +15,7 @@ from typing import Protocol
 import structlog
 from PIL import Image
 
-from daemon import rules
+from daemon import events, rules
 from daemon.config import Config
 from daemon.journal import Job, Journal, backoff_seconds
 from daemon.outputs import write_atomic
@@ -88,6 +88,7 @@ class Worker:
         *,
         wall: Callable[[], float] = time.time,
         source_missing: Callable[[str], None] | None = None,
+        bus: events.EventBus | None = None,
     ) -> None:
         self._journal = journal
         self._engine = engine
@@ -96,6 +97,7 @@ class Worker:
         # Told of a job cancelled because its source was not there: the file may come back
         # unchanged (an input folder on a share that was away), and must then be taken in again.
         self._source_missing = source_missing
+        self._bus = bus or events.EventBus()
         self._abort = threading.Event()
         self._batch_limit: int | None = None  # lowered after running out of memory
         self.heartbeat = time.monotonic()  # last sign of life, for systemd's watchdog
@@ -139,9 +141,30 @@ class Worker:
         planned = items[0].planned
         started = time.perf_counter()
         last_log = [0.0]
+        ids = tuple(i.job.id for i in items)
+        for item in items:
+            self._bus.emit(
+                events.JobStarted(
+                    job=item.job.id,
+                    source=item.job.source,
+                    style=item.job.style,
+                    steps=planned.params.steps,
+                    scales=planned.params.scales,
+                )
+            )
 
         def progress(p: Progress) -> None:
             self.heartbeat = time.monotonic()
+            self._bus.emit(
+                events.JobProgress(
+                    jobs=ids,
+                    scale=p.scale,
+                    scales=p.scales,
+                    step=p.step,
+                    steps=p.steps,
+                    seconds=p.seconds,
+                )
+            )
             if p.step == p.steps or p.seconds - last_log[0] >= PROGRESS_LOG_SECONDS:
                 last_log[0] = p.seconds
                 log.info(
@@ -191,12 +214,14 @@ class Worker:
         if planned is None:
             self._journal.cancel(job.id, "the config no longer plans this output")
             log.info("job_cancelled", source=job.source, style=job.style, reason="config_changed")
+            self._bus.emit(events.JobCancelled(job.source, "config_changed", job=job.id))
             return None
         try:
             data = source.read_bytes()
         except FileNotFoundError:
             self._journal.cancel(job.id, "source removed before it was processed")
             log.info("job_cancelled", source=job.source, style=job.style, reason="source_removed")
+            self._bus.emit(events.JobCancelled(job.source, "source_removed", job=job.id))
             if self._source_missing is not None:
                 self._source_missing(job.source)
             return None
@@ -207,6 +232,7 @@ class Worker:
             # New content under the same name: the watcher queues it as its own job.
             self._journal.cancel(job.id, "source changed before it was processed")
             log.info("job_cancelled", source=job.source, style=job.style, reason="source_changed")
+            self._bus.emit(events.JobCancelled(job.source, "source_changed", job=job.id))
             return None
         try:
             decoded = images.decode(data)
@@ -270,6 +296,16 @@ class Worker:
             device=result.device,
             result="done",
         )
+        self._bus.emit(
+            events.JobDone(
+                job=job.id,
+                source=job.source,
+                output=claimed,
+                rule=job.rule,
+                style=job.style,
+                seconds=seconds,
+            )
+        )
 
     def _out_of_memory(self, items: list[_Item], exc: Exception) -> None:
         if len(items) > 1:
@@ -302,3 +338,21 @@ class Worker:
             retry_in=None if retry_at is None else round(retry_at - self._wall(), 1),
             result=after.state.value,
         )
+        if after.state.value == "failed":
+            self._bus.emit(
+                events.JobFailed(
+                    job=job.id,
+                    source=job.source,
+                    output=job.output,
+                    rule=job.rule,
+                    style=job.style,
+                    kind=kind,
+                    error=str(exc),
+                )
+            )
+        else:
+            self._bus.emit(
+                events.JobRetry(
+                    job=job.id, source=job.source, style=job.style, kind=kind, error=str(exc)
+                )
+            )
