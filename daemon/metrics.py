@@ -112,9 +112,9 @@ class _JournalCollector(Collector):
         retries = 0
         for job in jobs:
             by_state[job.state] += 1
-            # An attempt that did not end its job: the job was queued again after it.
-            ended = job.state in (JobState.DONE, JobState.FAILED, JobState.RUNNING)
-            retries += max(0, job.attempts - (1 if ended else 0))
+            # Attempts that did not end their job (it was queued again after them): all but the
+            # last, unless the job is queued now.
+            retries += max(0, job.attempts - (0 if job.state is JobState.QUEUED else 1))
         for state, outcome in OUTCOMES.items():
             outcomes.add_metric([outcome], by_state[state])
         outcomes.add_metric(["retry"], retries)
@@ -165,8 +165,12 @@ class _JournalCollector(Collector):
 
 def render(journal: Journal, live: dict[str, Any] | None, now: float | None = None) -> bytes:
     """The metrics in Prometheus' text exposition format."""
+    return render_jobs(journal.jobs(), live, time.time() if now is None else now)
+
+
+def render_jobs(jobs: list[Job], live: dict[str, Any] | None, now: float) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_JournalCollector(journal.jobs(), live, time.time() if now is None else now))
+    registry.register(_JournalCollector(jobs, live, now))
     return generate_latest(registry)
 
 
