@@ -35,10 +35,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine import losses
+from engine.layers import LAYER_INDEX
 from engine.optimize import REPORT_EVERY_ON_GPU
 from engine.params import PRESETS, EngineConfig, Progress, StyleParams, StyleSpec, with_preset
 from engine.stylizer import Stylizer
-from engine.vgg import LAYER_INDEX, build_vgg19_features, hub_checkpoint_path, load_state_dict
+from engine.vgg import build_vgg19_features, hub_checkpoint_path, load_state_dict
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTO = REPO / "samples" / "chelsea.png"

@@ -6,6 +6,12 @@ daemon. The journal is the only memory of the service, so it refuses to guess: a
 or foreign database, or one in use by another daemon, raises JournalError instead of being
 replaced by an empty one.
 
+Failures: a failure that cannot pass (a bad photo) fails the job at once. Trouble that can pass
+(I/O, permissions, a painting or a share that is away) keeps the job queued, retried with capped
+back-off, for `retry_for` seconds from the first failure of the streak. Errors of unknown kind and
+crashes during a job count attempts instead, up to `max_attempts`, so that a photo that crashes the
+process every time ends FAILED rather than looping.
+
 Times: `created` and `updated` are wall-clock epoch seconds for humans. `now`, `not_before` and
 `retry_at` are wall-clock epoch seconds too (not monotonic): they are stored, and a monotonic
 reading means nothing after a reboot. They are parameters so tests control them.
@@ -22,6 +28,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -31,6 +38,7 @@ import structlog
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_RETRY_FOR",
     "JOURNAL_NAME",
     "LOCK_NAME",
     "SCHEMA_VERSION",
@@ -42,14 +50,18 @@ __all__ = [
     "SourceChangedError",
     "backoff_seconds",
     "hash_file",
+    "streak_delay",
 ]
 
 log = structlog.get_logger()
 
 JOURNAL_NAME = "journal.sqlite3"
 LOCK_NAME = "lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_MAX_ATTEMPTS = 5
+# Six hours: a share or a disk away overnight still fails its jobs by morning, where `stylewatch
+# status` shows them; anything shorter fails photos during an ordinary outage.
+DEFAULT_RETRY_FOR = 6 * 3600.0
 # Long enough to ride out a `stylewatch status` or `retry` in another process holding the write
 # lock for a moment; short enough that a stuck one is reported instead of hanging the daemon.
 BUSY_TIMEOUT_SECONDS = 5.0
@@ -72,6 +84,8 @@ CREATE TABLE jobs (
     seq           INTEGER NOT NULL,  -- arrival order; renewed when a job is queued again by hand
     created       REAL    NOT NULL,
     updated       REAL    NOT NULL,
+    started       REAL,              -- when the current or last attempt began (schema 2)
+    first_failure REAL,              -- start of the current streak of passing trouble (schema 2)
     UNIQUE (source, fingerprint, rule, style, settings_hash)
 );
 CREATE INDEX jobs_by_state ON jobs (state, seq);
@@ -91,7 +105,22 @@ CREATE TABLE outputs (
     claimed     REAL NOT NULL,
     UNIQUE (wanted, source, fingerprint)
 );
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+# From schema 1 (the first release) to 2, in place; done jobs stay done, queued ones run once.
+_MIGRATIONS = {
+    1: """
+ALTER TABLE jobs ADD COLUMN started REAL;
+ALTER TABLE jobs ADD COLUMN first_failure REAL;
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+""",
+}
 
 
 class JournalError(Exception):
@@ -138,11 +167,13 @@ class Job:
     not_before: float
     created: float
     updated: float
+    started: float | None = None  # when the current or last attempt began
+    first_failure: float | None = None  # queued after passing trouble: since when it lasts
 
 
 _JOB_COLUMNS = (
     "id, source, fingerprint, rule, style, settings_hash, output, state, attempts, last_error,"
-    " error_kind, not_before, created, updated"
+    " error_kind, not_before, created, updated, started, first_failure"
 )
 
 
@@ -162,6 +193,8 @@ def _job(row: tuple[Any, ...]) -> Job:
         not_before=row[11],
         created=row[12],
         updated=row[13],
+        started=row[14],
+        first_failure=row[15],
     )
 
 
@@ -177,6 +210,18 @@ def backoff_seconds(
         raise ValueError(f"attempt is 1-based, got {attempt}")
     # min() before the power would be wrong, but the exponent is clamped so it cannot overflow.
     return float(min(cap, base * factor ** min(attempt - 1, 64)))
+
+
+def streak_delay(
+    streak_seconds: float, *, first: float = 5.0, cap: float = 60.0
+) -> float:
+    """Wait before the next try of passing trouble that has lasted `streak_seconds`: as long as it
+    has lasted so far, at least `first` and at most `cap` (5 s, 5 s, 10 s, 20 s, 40 s, 60 s, ...).
+
+    Doubling keeps the number of tries small over hours; the cap bounds how long a booth waits
+    after the trouble is gone.
+    """
+    return float(min(cap, max(first, streak_seconds)))
 
 
 def hash_file(path: Path) -> str:
@@ -209,14 +254,19 @@ class Journal:
         lock_file: IO[str] | None,
         *,
         max_attempts: int,
+        retry_for: float,
         wall: Callable[[], float],
     ) -> None:
         self._conn = conn
         self._path = path
         self._lock_file = lock_file
         self._max_attempts = max_attempts
+        self._retry_for = retry_for
         self._wall = wall
         self._mutex = threading.RLock()
+        # What this process opened: if the files at these paths change (the state folder removed
+        # or the journal deleted and made anew), this process is no longer the journal's owner.
+        self._identity = {p: _file_identity(p) for p in (path, path.parent / LOCK_NAME)}
 
     # ---- opening and closing ------------------------------------------------------------------
 
@@ -227,16 +277,20 @@ class Journal:
         *,
         exclusive: bool = True,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_for: float = DEFAULT_RETRY_FOR,
         wall: Callable[[], float] = time.time,
     ) -> Journal:
         """Open (and with exclusive=True create) `state_dir/journal.sqlite3`.
 
         exclusive=True is the daemon: it takes an exclusive lock on `state_dir/lock` so two
         daemons never share a journal, and creates or upgrades the schema. exclusive=False is for
-        the CLI reading a running daemon's journal: no lock file, and the journal must exist.
+        the CLI and the web page reading a running daemon's journal: no lock file, the journal
+        must exist and have the current schema, and nothing is created or migrated.
         """
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        if not retry_for >= 0:
+            raise ValueError(f"retry_for must be >= 0 seconds, got {retry_for!r}")
         path = state_dir / JOURNAL_NAME
         lock_file: IO[str] | None = None
         if exclusive:
@@ -255,7 +309,9 @@ class Journal:
             if lock_file is not None:
                 lock_file.close()
             raise
-        journal = cls(conn, path, lock_file, max_attempts=max_attempts, wall=wall)
+        journal = cls(
+            conn, path, lock_file, max_attempts=max_attempts, retry_for=retry_for, wall=wall
+        )
         log.debug("journal_opened", path=str(path), exclusive=exclusive)
         return journal
 
@@ -266,6 +322,32 @@ class Journal:
     @property
     def max_attempts(self) -> int:
         return self._max_attempts
+
+    @property
+    def id(self) -> str:
+        """This journal's identity, made when it was created (or first upgraded): an output
+        folder remembers which journal wrote it (see daemon/outputs.py)."""
+        with self._read() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = 'journal_id'").fetchone()
+        if row is None:
+            raise JournalError(f"{self._path} has no identity: open it with exclusive=True first")
+        return str(row[0])
+
+    def lost(self) -> str | None:
+        """Why this journal is no longer the one at its path, or None while it is.
+
+        A state folder removed (or its journal deleted) under a running daemon leaves it writing
+        to unlinked files: `status` would see nothing, a second daemon could take a fresh lock,
+        and a restart would start from an empty journal. The service checks this regularly and
+        stops rather than split in two.
+        """
+        for path, opened in self._identity.items():
+            now = _file_identity(path)
+            if now is None:
+                return f"{path} was removed"
+            if now != opened:
+                return f"{path} was replaced by another file"
+        return None
 
     def close(self) -> None:
         """Close the connection and release the state folder's lock. Idempotent."""
@@ -351,43 +433,82 @@ class Journal:
                 )
             ]
             cur.executemany(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ? WHERE id = ?",
-                [(JobState.RUNNING.value, stamp, job_id) for job_id in ids],
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ?, started = ?"
+                " WHERE id = ?",
+                [(JobState.RUNNING.value, stamp, stamp, job_id) for job_id in ids],
             )
             return [_fetch(cur, job_id) for job_id in ids]
 
     def mark_done(self, job_id: int, output: str) -> Job:
-        """A running job wrote `output` (relative to the output root)."""
+        """A running job wrote `output` (relative to the output root).
+
+        Failures of earlier content of the same source in the same style (a copy caught while
+        still growing, then finished) are stale now: they become CANCELLED (`superseded`), so
+        `status` shows only what still needs someone's attention.
+        """
+        now = self._wall()
         with self._tx() as cur:
-            self._require(cur, job_id, JobState.RUNNING)
+            job = self._require(cur, job_id, JobState.RUNNING)
             cur.execute(
                 "UPDATE jobs SET state = ?, output = ?, last_error = NULL, error_kind = NULL,"
-                " updated = ? WHERE id = ?",
-                (JobState.DONE.value, output, self._wall(), job_id),
+                " first_failure = NULL, updated = ? WHERE id = ?",
+                (JobState.DONE.value, output, now, job_id),
+            )
+            cur.execute(
+                "UPDATE jobs SET state = ?, error_kind = 'superseded',"
+                " last_error = 'a later copy of this file was stylized; before, '"
+                " || COALESCE(last_error, 'it failed'),"
+                " updated = ? WHERE source = ? AND style = ? AND state = ? AND id != ?",
+                (
+                    JobState.CANCELLED.value,
+                    now,
+                    job.source,
+                    job.style,
+                    JobState.FAILED.value,
+                    job_id,
+                ),
             )
             return _fetch(cur, job_id)
 
     def mark_failed(
-        self, job_id: int, error: str, kind: str, *, permanent: bool, retry_at: float | None
+        self,
+        job_id: int,
+        error: str,
+        kind: str,
+        *,
+        permanent: bool,
+        retry_at: float | None,
+        transient: bool = False,
     ) -> Job:
         """A running job failed. Returns the job as it now stands (QUEUED again, or FAILED).
 
-        permanent (a bad photo): FAILED for good. Otherwise it is queued again, not before
-        `retry_at`, unless it has used up max_attempts.
+        permanent (a bad photo): FAILED for good. transient (trouble that can pass: I/O, a
+        painting or a share away): queued again, not before `retry_at`, until the streak of
+        failures has lasted `retry_for` seconds; the attempt is not counted. Otherwise (an error
+        of unknown kind): queued again unless it has used up max_attempts.
         """
+        now = self._wall()
         with self._tx() as cur:
             job = self._require(cur, job_id, JobState.RUNNING)
-            give_up = permanent or job.attempts >= self._max_attempts
+            streak = job.first_failure if job.first_failure is not None else now
+            if permanent:
+                give_up = True
+            elif transient:
+                give_up = now - streak >= self._retry_for
+            else:
+                give_up = job.attempts >= self._max_attempts
             state = JobState.FAILED if give_up else JobState.QUEUED
             cur.execute(
                 "UPDATE jobs SET state = ?, last_error = ?, error_kind = ?, not_before = ?,"
-                " updated = ? WHERE id = ?",
+                " first_failure = ?, attempts = attempts - ?, updated = ? WHERE id = ?",
                 (
                     state.value,
                     error,
                     kind,
                     0.0 if give_up or retry_at is None else retry_at,
-                    self._wall(),
+                    streak if transient else job.first_failure,
+                    1 if transient and job.attempts > 0 else 0,
+                    now,
                     job_id,
                 ),
             )
@@ -473,14 +594,31 @@ class Journal:
             ]
             seq = _next_seq(cur)
             cur.executemany(
-                "UPDATE jobs SET state = ?, attempts = 0, not_before = 0, seq = ?, updated = ?"
-                " WHERE id = ?",
+                "UPDATE jobs SET state = ?, attempts = 0, not_before = 0, first_failure = NULL,"
+                " seq = ?, updated = ? WHERE id = ?",
                 [
                     (JobState.QUEUED.value, seq + i, self._wall(), job_id)
                     for i, job_id in enumerate(ids)
                 ],
             )
             return len(ids)
+
+    def retry_job(self, job_id: int) -> bool:
+        """Queue one FAILED job again with fresh attempts (the web dashboard's retry button).
+        False when the job is not (or no longer) failed."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE jobs SET state = ?, attempts = 0, not_before = 0, first_failure = NULL,"
+                " seq = ?, updated = ? WHERE id = ? AND state = ?",
+                (
+                    JobState.QUEUED.value,
+                    _next_seq(cur),
+                    self._wall(),
+                    job_id,
+                    JobState.FAILED.value,
+                ),
+            )
+            return cur.rowcount == 1
 
     # ---- reading --------------------------------------------------------------------------------
 
@@ -526,6 +664,28 @@ class Journal:
                 (JobState.FAILED.value, n),
             )
             return [_job(r) for r in rows]
+
+    def waiting(self, n: int) -> list[Job]:
+        """Up to `n` queued jobs that failed before and wait for their next try, oldest trouble
+        first: `status` shows them with their reason."""
+        with self._read() as cur:
+            rows = cur.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? AND last_error IS NOT NULL"
+                " ORDER BY COALESCE(first_failure, updated), id LIMIT ?",
+                (JobState.QUEUED.value, n),
+            )
+            return [_job(r) for r in rows]
+
+    def reusable_output(self, fingerprint: str, style: str, settings_hash: str) -> str | None:
+        """The output of a done job with this content, style and settings, newest first: a folder
+        renamed after its photos were done gets copies of the artworks, not new computations."""
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT output FROM jobs WHERE fingerprint = ? AND style = ? AND settings_hash = ?"
+                " AND state = ? ORDER BY updated DESC, id DESC",
+                (fingerprint, style, settings_hash, JobState.DONE.value),
+            ).fetchall()
+        return str(rows[0][0]) if rows else None
 
     def queued_count(self) -> int:
         with self._read() as cur:
@@ -730,6 +890,11 @@ def _prepare(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
             )
         if version == 0 and not create:
             raise JournalError(f"{path} is empty: the daemon has not started with it yet")
+        if version < SCHEMA_VERSION and version != 0 and not create:
+            raise JournalError(
+                f"{path} was written by an older stylewatch (journal schema {version}): the"
+                " service upgrades it in place when it starts next"
+            )
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
         # WAL lets `stylewatch status` read while the worker writes.
         if create:
@@ -742,6 +907,9 @@ def _prepare(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
         if version == 0:
             _create_schema(conn)
             log.info("journal_created", path=str(path))
+        elif version < SCHEMA_VERSION:
+            _migrate(conn, version)
+            log.info("journal_upgraded", path=str(path), schema=SCHEMA_VERSION, was=version)
     except sqlite3.DatabaseError as exc:
         raise _explain(path, exc) from exc
 
@@ -749,14 +917,34 @@ def _prepare(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
 def _create_schema(conn: sqlite3.Connection) -> None:
     # One transaction: a crash half-way leaves version 0 and no tables, and the next start
     # creates them again.
+    _script(conn, _SCHEMA)
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Upgrade schema `version` in place, one transaction for all steps."""
+    _script(conn, "".join(_MIGRATIONS[v] for v in range(version, SCHEMA_VERSION)))
+
+
+def _script(conn: sqlite3.Connection, body: str) -> None:
+    identity = uuid.uuid4().hex
     try:
         conn.executescript(
-            f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
+            f"BEGIN IMMEDIATE;\n{body}\n"
+            f"INSERT INTO meta (key, value) VALUES ('journal_id', '{identity}');\n"
+            f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
         )
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _corrupt_message(path: Path, detail: str) -> str:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from PIL import Image
@@ -22,7 +22,11 @@ from daemon.outputs import write_atomic
 from engine import errors as engine_errors
 from engine import images
 from engine.params import Progress, StyleParams, StyleSpec
-from engine.stylizer import Stylized
+
+if TYPE_CHECKING:
+    # The real engine (and torch) is imported by the process that builds it, not by the daemon's
+    # modules: `stylewatch status` and the signal handlers must not wait for torch.
+    from engine.stylizer import Stylized
 
 log = structlog.get_logger()
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from engine.layers import LAYER_NAMES
+
 Device = str  # "auto", "cpu", "cuda", "cuda:1", ...
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Preprocess = Literal["torchvision", "caffe"]
@@ -162,9 +164,6 @@ class StyleParams:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("preserve_colors", self.preserve_colors, PRESERVE_COLORS)
         _check_choice("init", self.init, ("content", "random"))
-        # Imported here: vgg imports torch, and params must stay cheap to import.
-        from engine.vgg import LAYER_NAMES
-
         for layer in self.content_layers + self.style_layers:
             if layer not in LAYER_NAMES:
                 raise ValueError(f"unknown VGG19 layer {layer!r}; layers are named like relu4_2")

@@ -21,6 +21,7 @@ from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from engine import color, losses
 from engine.errors import BadImageError, EngineError, OutOfMemoryError, StyleError
 from engine.images import decode, resize_long_edge
+from engine.layers import LAYER_INDEX, min_input_edge
 from engine.optimize import (
     GraphPolicy,
     Objective,
@@ -31,7 +32,7 @@ from engine.optimize import (
 )
 from engine.params import EngineConfig, LossTerms, StyleParams, StyleSpec
 from engine.tiles import Tile, feather, tile_grid
-from engine.vgg import LAYER_INDEX, VGGFeatures, load_vgg19_features, min_input_edge
+from engine.vgg import VGGFeatures, load_vgg19_features
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Memory of one optimisation pass per pixel of the photo (activations kept for the backward pass,

@@ -18,41 +18,8 @@ import torch.nn.functional as F  # noqa: N812 - the conventional name
 from torch import nn
 
 from engine.errors import WeightsError
+from engine.layers import LAYER_INDEX
 from engine.params import Pooling, Preprocess
-
-# torchvision's VGG19 `features`: conv channel widths per block, with a pool after each block.
-_BLOCKS: tuple[tuple[int, ...], ...] = (
-    (64, 64),
-    (128, 128),
-    (256, 256, 256, 256),
-    (512, 512, 512, 512),
-    (512, 512, 512, 512),
-)
-
-
-def _layer_table() -> tuple[tuple[str, int], ...]:
-    """(name, index in torchvision's vgg19().features) for every conv, relu and pool."""
-    table: list[tuple[str, int]] = []
-    index = 0
-    for block, widths in enumerate(_BLOCKS, start=1):
-        for conv in range(1, len(widths) + 1):
-            table.append((f"conv{block}_{conv}", index))
-            table.append((f"relu{block}_{conv}", index + 1))
-            index += 2
-        table.append((f"pool{block}", index))
-        index += 1
-    return tuple(table)
-
-
-LAYER_INDEX: dict[str, int] = dict(_layer_table())
-LAYER_NAMES: frozenset[str] = frozenset(LAYER_INDEX)
-
-
-def min_input_edge(layers: Collection[str]) -> int:
-    """The smallest image edge that still leaves a pixel at every pooling before these layers."""
-    deepest = max(LAYER_INDEX[name] for name in layers)
-    pools = [i for name, i in LAYER_INDEX.items() if name.startswith("pool") and i < deepest]
-    return int(2 ** len(pools))
 
 
 @dataclass(frozen=True)

@@ -498,3 +498,108 @@ def test_one_writer_thread_and_readers_share_the_journal(journal: Journal) -> No
     assert errors == []
     assert taken == 200
     assert journal.counts()[JobState.RUNNING] == 200
+
+
+# ---- schema 2: migration, passing trouble, stale failures, reuse, identity ----------------------
+
+FIXTURE_V1 = Path(__file__).parent / "fixtures" / "journal-v1.sqlite3"
+
+
+def test_a_first_release_journal_is_upgraded_in_place_and_keeps_its_jobs(state_dir: Path) -> None:
+    """tests/fixtures/journal-v1.sqlite3 was written by the first release's journal.py: two done
+    jobs, one failed, two queued, with their fingerprints and output claims."""
+    state_dir.mkdir()
+    (state_dir / JOURNAL_NAME).write_bytes(FIXTURE_V1.read_bytes())
+    with pytest.raises(JournalError, match="older stylewatch"):
+        Journal.open(state_dir, exclusive=False)  # readers never migrate
+    with Journal.open(state_dir) as j:
+        counts = {state.value: n for state, n in j.counts().items() if n}
+        assert counts == {"done": 2, "failed": 1, "queued": 2}
+        assert j.output_owner("a0.jpg") == ("a0.jpg", f"{0:064x}")
+        first_id = j.id
+        queued = j.take(10, now=2e9)
+        assert {job.source for job in queued} == {"a3.jpg"}  # one style/settings per batch
+        assert queued[0].started is not None
+    with sqlite3.connect(state_dir / JOURNAL_NAME) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    with Journal.open(state_dir, exclusive=False) as reader:
+        assert reader.id == first_id  # the identity is made once
+
+
+def test_passing_trouble_is_retried_until_the_streak_outlasts_retry_for(state_dir: Path) -> None:
+    wall = Wall()
+    with Journal.open(state_dir, max_attempts=2, retry_for=100.0, wall=wall) as j:
+        j.enqueue(spec())
+        tries = 0
+        while True:
+            (job,) = j.take(1, now=2e9)
+            tries += 1
+            after = j.mark_failed(
+                job.id, "share away", "io", permanent=False, retry_at=0.0, transient=True
+            )
+            if after.state is JobState.FAILED:
+                break
+            assert after.attempts == 0  # passing trouble does not use up attempts
+            wall.t += 20.0
+        # Far more tries than max_attempts=2, and only once the streak lasted 100 s.
+        assert tries > 2
+        assert after.first_failure is not None
+        assert wall.t - after.first_failure >= 100.0
+
+
+def test_a_success_ends_the_streak_and_supersedes_stale_failures(journal: Journal) -> None:
+    journal.enqueue(spec(fingerprint="growing"))
+    (half,) = journal.take(1, now=2e9)
+    journal.mark_failed(half.id, "truncated", "bad_image:truncated", permanent=True, retry_at=None)
+    journal.enqueue(spec(fingerprint="complete"))
+    (whole,) = journal.take(1, now=2e9)
+    journal.mark_done(whole.id, "starry/a.jpg")
+    assert journal.recent_failures(10) == []
+    stale = journal.job(half.id)
+    assert stale.state is JobState.CANCELLED
+    assert stale.error_kind == "superseded"
+    assert "truncated" in (stale.last_error or "")
+
+
+def test_retry_job_queues_one_failed_job_and_nothing_else(journal: Journal) -> None:
+    journal.enqueue(spec("a.jpg"))
+    journal.enqueue(spec("b.jpg"))
+    jobs = journal.take(2, now=2e9)
+    for job in jobs:
+        journal.mark_failed(job.id, "bad", "bad_image:corrupt", permanent=True, retry_at=None)
+    assert journal.retry_job(jobs[0].id) is True
+    assert journal.retry_job(jobs[0].id) is False  # queued now, not failed
+    assert journal.job(jobs[0].id).state is JobState.QUEUED
+    assert journal.job(jobs[1].id).state is JobState.FAILED
+
+
+def test_waiting_lists_queued_jobs_with_their_trouble(journal: Journal) -> None:
+    journal.enqueue(spec())
+    (job,) = journal.take(1, now=2e9)
+    journal.mark_failed(job.id, "EACCES", "io", permanent=False, retry_at=3e9, transient=True)
+    (waiting,) = journal.waiting(10)
+    assert (waiting.id, waiting.last_error, waiting.state) == (job.id, "EACCES", JobState.QUEUED)
+
+
+def test_reusable_output_finds_the_same_content_done_in_the_same_style(journal: Journal) -> None:
+    journal.enqueue(spec("old/a.jpg", fingerprint="same"))
+    (job,) = journal.take(1, now=2e9)
+    journal.mark_done(job.id, "old/a.jpg")
+    assert journal.reusable_output("same", "starry", "s1") == "old/a.jpg"
+    assert journal.reusable_output("same", "starry", "other-settings") is None
+    assert journal.reusable_output("other", "starry", "s1") is None
+
+
+def test_lost_says_when_the_state_folder_is_removed_or_the_journal_replaced(
+    state_dir: Path,
+) -> None:
+    with Journal.open(state_dir) as j:
+        assert j.lost() is None
+        (state_dir / JOURNAL_NAME).rename(state_dir / "moved")
+        (state_dir / JOURNAL_NAME).write_bytes(b"")
+        assert "replaced" in (j.lost() or "")
+    with Journal.open(tmp := state_dir.parent / "other") as j:
+        for child in tmp.iterdir():
+            child.unlink()
+        tmp.rmdir()
+        assert "removed" in (j.lost() or "")

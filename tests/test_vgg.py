@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from engine.errors import WeightsError
+from engine.layers import LAYER_INDEX
 from engine.vgg import (
     CAFFE_VGG19,
-    LAYER_INDEX,
     TORCHVISION_VGG19,
     VGGFeatures,
     hub_checkpoint_path,
