@@ -121,12 +121,11 @@ class _JournalCollector(Collector):
         yield outcomes
 
         done = [j for j in jobs if j.state is JobState.DONE]
-        # `started` is the epoch at which the last attempt began (journal schema 2).
-        starts = [(j, getattr(j, "started", None)) for j in done]
         yield _histogram(
             "stylewatch_job_duration_seconds",
             "Seconds of the last attempt of each done job, from its start to its written output.",
-            (j.updated - s for j, s in starts if s is not None),
+            # Jobs done by the first release have no start time: left out.
+            (j.updated - j.started for j in done if j.started is not None),
             DURATION_BUCKETS,
         )
         yield _histogram(

@@ -84,6 +84,13 @@ def test_metrics_match_the_journal_after_a_burst_with_failures(
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     histogram = {s.name: s.value for s in families["stylewatch_latency_seconds"].samples}
     assert histogram["stylewatch_latency_seconds_count"] == counts["done"]
+    duration = {s.name: s.value for s in families["stylewatch_job_duration_seconds"].samples}
+    assert duration["stylewatch_job_duration_seconds_count"] == counts["done"]
+    assert (
+        0
+        < duration["stylewatch_job_duration_seconds_sum"]
+        <= histogram["stylewatch_latency_seconds_sum"]
+    )
     (up,) = families["stylewatch_worker_up"].samples
     assert (up.labels["device"], up.value) == ("cpu", 1.0)
 

@@ -237,7 +237,7 @@ def create_app(
         job_id = request.path_params["job"]
         try:
             with journal.use() as j:
-                queued = _retry_job(j, job_id)
+                queued = j.retry_job(job_id)
         except JournalError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
         if not queued:
@@ -308,15 +308,6 @@ async def _authorised(request: Request, call_next: Endpoint, token: str) -> Resp
             secure=request.url.scheme == "https",
         )
     return response
-
-
-def _retry_job(journal: Journal, job_id: int) -> bool:
-    # Journal.retry_job arrives with the journal's schema 2 (the lead's branch); until then this
-    # stylewatch cannot queue one job again.
-    retry_job = getattr(journal, "retry_job", None)
-    if retry_job is None:
-        raise JournalError("this journal cannot queue one job again; use `stylewatch retry`")
-    return bool(retry_job(job_id))
 
 
 def _loopback_host(header: str) -> bool:
