@@ -1,0 +1,84 @@
+"""The event bus, and the live state file the service publishes from the events."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from daemon import events
+from daemon.live import LIVE_NAME, LiveState, read_live
+
+
+def test_events_are_frozen_values() -> None:
+    event = events.JobQueued(1, "a.jpg", 0, "starry", "a.jpg")
+    with pytest.raises(AttributeError):
+        event.job = 2  # type: ignore[misc]
+    assert event == events.JobQueued(1, "a.jpg", 0, "starry", "a.jpg", at=event.at)
+    assert hash(event) == hash(events.JobQueued(1, "a.jpg", 0, "starry", "a.jpg", at=event.at))
+
+
+def test_a_subscriber_that_raises_is_logged_and_the_others_still_run() -> None:
+    bus = events.EventBus()
+    seen: list[tuple[str, events.Event]] = []
+
+    def broken(event: events.Event) -> None:
+        raise RuntimeError("subscriber bug")
+
+    bus.subscribe(lambda e: seen.append(("first", e)))
+    bus.subscribe(broken)
+    bus.subscribe(lambda e: seen.append(("last", e)))
+    event = events.JobCancelled("a.jpg", "source_removed")
+    with capture_logs() as logs:
+        bus.emit(event)
+    assert seen == [("first", event), ("last", event)]
+    (failure,) = logs
+    assert failure["event"] == "event_subscriber_failed"
+    assert failure["event_type"] == "JobCancelled"
+    assert failure["log_level"] == "error"
+    assert failure["exc_info"] is True
+
+
+def test_the_live_state_follows_jobs_and_is_published_whole(tmp_path: Path) -> None:
+    live = LiveState(tmp_path)
+    assert read_live(tmp_path) is None
+    live.start()
+    try:
+        live(events.ServiceReady(pid=1, device="cpu", precision="bf16", input="/i", output="/o"))
+        live(events.JobStarted(job=7, source="a/b.jpg", style="starry", steps=300, scales=3))
+        live(events.JobProgress(jobs=(7,), scale=2, scales=3, step=150, steps=300, seconds=4.25))
+
+        def running() -> list[dict[str, object]]:
+            state = read_live(tmp_path)
+            return [] if state is None else state["running"]
+
+        deadline = time.monotonic() + 30
+        while running() == [] or running()[0]["step"] != 150:
+            assert time.monotonic() < deadline, read_live(tmp_path)
+            time.sleep(0.05)
+        (job,) = running()
+        assert job == {
+            "job": 7,
+            "source": "a/b.jpg",
+            "style": "starry",
+            "scale": 2,
+            "scales": 3,
+            "step": 150,
+            "steps": 300,
+            "percent": 50.0,
+            "seconds": 4.2,
+        }
+        live(
+            events.JobDone(
+                job=7, source="a/b.jpg", output="a/b.jpg", rule=0, style="starry", seconds=9.0
+            )
+        )
+    finally:
+        live.stop()
+    state = json.loads((tmp_path / LIVE_NAME).read_text())
+    assert state["running"] == []
+    assert (state["model_loaded"], state["device"], state["precision"]) == (True, "cpu", "bf16")
+    assert [p.name for p in tmp_path.iterdir()] == [LIVE_NAME]  # no temporary left
