@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from daemon import events
 from daemon.config import Config, load_config
+from daemon.errors import ConfigError
 from daemon.journal import Job, JobSpec, JobState, Journal
 from daemon.live import LiveState
 from daemon.web.app import TOKEN_COOKIE, create_app
@@ -326,3 +327,40 @@ def test_the_web_starts_without_torch_and_refuses_an_open_address_without_token(
     assert done.returncode == 78, done.stderr
     assert "without a token" in done.stderr
     assert "web.token" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ("web: {listen: '8750'}", "web.listen"),
+        ("web: {listen: '::1:8750'}", "web.listen"),
+        ("web: {token: short}", "web.token"),
+        ("web: {shows_sources: true}", "did you mean 'show_sources'"),
+        ("hooks: {on_done: 'lp {output}'}", "run without a shell"),
+        ("hooks: {timeout_seconds: 0}", "hooks.timeout_seconds"),
+        ("metrics: {textfile: /no/such/folder/x.prom}", "metrics.textfile"),
+    ],
+)
+def test_bad_web_hooks_and_metrics_settings_are_refused_with_their_key(
+    setup: Setup, extra: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        setup.config(extra)
+    assert problem in str(caught.value)
+
+
+def test_web_hooks_and_metrics_settings_are_read(setup: Setup) -> None:
+    config = setup.config(
+        f"web: {{listen: '[::1]:9000', token: {TOKEN}, show_sources: true}}\n"
+        "hooks: {on_done: [lp, '{output}'], timeout_seconds: 5}\n"
+        "metrics: {textfile: state.prom, interval_seconds: 60}\n"
+    )
+    assert (config.web.listen, config.web.token, config.web.show_sources) == (
+        "[::1]:9000",
+        TOKEN,
+        True,
+    )
+    assert (config.hooks.on_done, config.hooks.on_failed) == (("lp", "{output}"), ())
+    assert config.hooks.timeout_seconds == 5
+    assert config.metrics.textfile == setup.root / "state.prom"
+    assert config.metrics.interval_seconds == 60

@@ -66,10 +66,10 @@
     }
   }
 
-  function renderHero(recent) {
+  function renderHero(recent, painting) {
     if (pinned !== null && Date.now() > pinnedUntil) pinned = null;
     const chosen = recent.find((a) => a.job === pinned) || recent[0];
-    $("empty").hidden = Boolean(chosen);
+    $("empty").hidden = Boolean(chosen) || painting;
     $("hero").hidden = !chosen;
     $("toggle-photo").hidden = !(chosen && showSources);
     $("photo-panel").hidden = !(chosen && showSources && !photoHidden);
@@ -97,7 +97,7 @@
       img.addEventListener("click", () => {
         pinned = art.job;
         pinnedUntil = Date.now() + PIN_MS;
-        renderHero(recent);
+        renderHero(recent, false);
       });
       strip.append(img);
     }
@@ -105,9 +105,10 @@
 
   function render(state) {
     const recent = state.recent || [];
-    renderPlaceholders(state.running || []);
+    const running = state.running || [];
+    renderPlaceholders(running);
     renderStrip(recent);
-    renderHero(recent);
+    renderHero(recent, running.length > 0);
     const live = state.live || {};
     const away = $("offline");
     away.hidden = Boolean(live.ready);
