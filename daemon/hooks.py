@@ -30,6 +30,7 @@ __all__ = ["HookRunner", "render"]
 log = structlog.get_logger()
 
 QUEUE_SIZE = 256  # hooks waiting to run; beyond this new ones are dropped
+STOP_GRACE_SECONDS = 10.0  # at stop, hooks still queued may run this long (then they are dropped)
 STDERR_TAIL = 500  # characters of a failed hook's stderr in its log line
 _STOP = object()
 
@@ -68,16 +69,17 @@ class HookRunner:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Let the running hook finish (or time out); hooks still queued are dropped, logged."""
-        pending = self._queue.qsize()
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Run the hooks still queued for up to `grace` seconds (the last artworks get printed
+        too), then give up on the rest, saying how many."""
         # A full queue behind a stuck hook: the thread is a daemon thread and dies with us.
         with contextlib.suppress(queue.Full):
-            self._queue.put(_STOP, timeout=timeout)
+            self._queue.put(_STOP, timeout=grace)
         if self._thread.is_alive():
-            self._thread.join(timeout + self._config().hooks.timeout_seconds)
-        if pending:
-            log.info("hooks_not_run", pending=pending, reason="service_stopping")
+            self._thread.join(grace)
+        pending = self._queue.qsize() - (1 if self._thread.is_alive() else 0)
+        if self._thread.is_alive() or pending > 0:
+            log.warning("hooks_not_run", pending=max(0, pending), reason="service_stopping")
 
     def __call__(self, event: events.Event) -> None:
         if isinstance(event, events.JobDone):

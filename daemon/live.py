@@ -70,6 +70,8 @@ class LiveState:
         self._thread = threading.Thread(target=self._publish, name="stylewatch-live", daemon=True)
 
     def start(self) -> None:
+        """Start publishing, at once: a file left by the last run then says `starting`."""
+        self._dirty.set()
         self._thread.start()
 
     def stop(self) -> None:

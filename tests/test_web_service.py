@@ -54,6 +54,7 @@ def test_readyz_turns_503_when_the_service_stops_or_is_stuck_and_200_after(
     assert web.get("/healthz")[0] == 200  # the web process itself lives on
     fleet.again(daemon).start()
     wait_until(lambda: web.get("/readyz")[0] == 200, "ready after a restart")
+    assert web.stop() == 0  # SIGTERM: a clean stop
 
 
 def test_metrics_match_the_journal_after_a_burst_with_failures(

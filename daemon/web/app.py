@@ -85,6 +85,10 @@ class _Journal:
     @contextlib.contextmanager
     def use(self) -> Iterator[Journal]:
         with self._lock:
+            if self._journal is not None and self._journal.lost() is not None:
+                # The state folder was reset under us: read the new journal, not the old file.
+                self._journal.close()
+                self._journal = None
             if self._journal is None:
                 self._journal = Journal.open(self._state, exclusive=False)
             journal = self._journal

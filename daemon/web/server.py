@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+from types import FrameType
 
 import structlog
 import uvicorn
@@ -34,5 +36,14 @@ def serve(config: Config, sock: socket.socket, listen: str) -> None:
         token=config.web.token is not None,
         show_sources=config.web.show_sources,
     )
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again for the handler
+    # that was there before it. That one is ours and does nothing, so a stop exits 0, like
+    # `stylewatch run`.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stopped)
     server.run(sockets=[sock])
     log.info("web_stopped")
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """The signal, raised again by uvicorn after its graceful stop: nothing left to do."""
