@@ -23,9 +23,9 @@ from typing import Any
 import structlog
 
 from daemon import events
-from daemon.outputs import write_atomic
+from daemon.outputs import TEMP_MARKER, write_atomic
 
-__all__ = ["LIVE_NAME", "LiveState", "Running", "read_live"]
+__all__ = ["LIVE_NAME", "LiveState", "Running", "read_live", "remove_stale_temporaries"]
 
 log = structlog.get_logger()
 
@@ -71,6 +71,7 @@ class LiveState:
 
     def start(self) -> None:
         """Start publishing, at once: a file left by the last run then says `starting`."""
+        remove_stale_temporaries(self.path)
         self._dirty.set()
         self._thread.start()
 
@@ -170,6 +171,17 @@ class LiveState:
             self._write_failed = True
         else:
             self._write_failed = False
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Temporaries of `path` that a killed process left beside it (write_atomic's names)."""
+    for stale in path.parent.glob(f".{path.name}.*{TEMP_MARKER}"):
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("stale_temporary_not_removed", path=str(stale), error=str(exc))
 
 
 def read_live(state_dir: Path) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from daemon.journal import Job, JobState, Journal
+from daemon.live import remove_stale_temporaries
 from daemon.outputs import write_atomic
 
 __all__ = [
@@ -193,6 +194,7 @@ class TextfileWriter:
         self._failing = False
 
     def start(self) -> None:
+        remove_stale_temporaries(self.path)
         self._thread.start()
 
     def stop(self) -> None:

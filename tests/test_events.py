@@ -82,3 +82,14 @@ def test_the_live_state_follows_jobs_and_is_published_whole(tmp_path: Path) -> N
     assert state["running"] == []
     assert (state["model_loaded"], state["device"], state["precision"]) == (True, "cpu", "bf16")
     assert [p.name for p in tmp_path.iterdir()] == [LIVE_NAME]  # no temporary left
+
+
+def test_temporaries_left_by_a_killed_service_are_removed_at_start(tmp_path: Path) -> None:
+    left = tmp_path / f".{LIVE_NAME}.0badf00d.stylewatch-tmp"
+    left.write_text("{")
+    other = tmp_path / ".other.0badf00d.stylewatch-tmp"
+    other.write_text("not ours")
+    live = LiveState(tmp_path)
+    live.start()
+    live.stop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LIVE_NAME, other.name])
