@@ -116,6 +116,7 @@ def test_the_booth_shows_progress_then_the_artwork_without_a_reload(
         )
 
     wait(browser, artwork_shown, "the artwork")
+    first_job = browser.find_element(By.ID, "hero").get_attribute("data-job")
     assert browser.execute_script("return window.stylewatchNoReload") is True
     assert (fleet.outbox / "booth2" / "guest.jpg").is_file()
     assert browser.find_element(By.ID, "photo").is_displayed()  # web.show_sources
@@ -130,7 +131,22 @@ def test_the_booth_shows_progress_then_the_artwork_without_a_reload(
     )
     assert fits
     screenshot(browser, tmp_path, "booth-portrait.png")
+
+    # The service restarts: the page says so, keeps its artwork, and carries on by itself.
     assert daemon.stop() == 0
+    wait(browser, lambda b: b.find_element(By.ID, "offline").is_displayed(), "the notice")
+    assert browser.find_element(By.ID, "artwork").is_displayed()
+    again = fleet.again(daemon).start()
+    wait(browser, lambda b: not b.find_element(By.ID, "offline").is_displayed(), "it back")
+    photo(fleet.inbox / "booth2" / "second.jpg", (30, 60, 200), size=(48, 32))
+    wait(
+        browser,
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, "#strip img")) == 2,
+        "the second artwork after the restart",
+    )
+    assert browser.find_element(By.ID, "hero").get_attribute("data-job") != str(first_job)
+    assert browser.execute_script("return window.stylewatchNoReload") is True
+    assert again.stop() == 0
 
 
 def test_the_dashboard_shows_a_failure_and_retries_it(

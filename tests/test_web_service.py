@@ -35,6 +35,8 @@ def test_readyz_turns_503_when_the_service_stops_or_is_stuck_and_200_after(
     status, body = web.json("/readyz")
     assert status == 503  # never ran: no live state yet
     assert body["ready"] is False
+    assert web.get("/api/state")[0] == 503
+    assert not (fleet.root / "state").exists()  # the web never creates the journal
     daemon.start()
     wait_until(lambda: web.get("/readyz")[0] == 200, "ready once the service is")
     assert web.json("/readyz")[1] == {"ready": True, "reasons": []}
