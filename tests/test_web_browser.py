@@ -78,9 +78,9 @@ def wait(browser: WebDriver, condition: object, what: str) -> object:
 def test_the_booth_shows_progress_then_the_artwork_without_a_reload(
     fleet: Fleet, webs: list[Web], browser: WebDriver, tmp_path: Path
 ) -> None:
-    # Hundreds of steps on a photo that is still small: progress stays visible for a while.
-    daemon = fleet.daemon(steps=400)
-    daemon.config.write_text(daemon.config.read_text().replace("size: 32", "size: 96"))
+    # Two hundred steps on a small photo: progress stays visible for several polls.
+    daemon = fleet.daemon(steps=200)
+    daemon.config.write_text(daemon.config.read_text().replace("size: 32", "size: 64"))
     add_config(daemon, "web: {show_sources: true}\n")
     daemon.start()
     web = Web(fleet.root, daemon.config).start()
