@@ -58,7 +58,6 @@ class ServiceHeartbeat(Event):
     """The main loop is alive (about once a second); `healthy` as told to systemd's watchdog."""
 
     healthy: bool
-    input_reachable: bool
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,17 @@ class Running:
 class LiveState:
     """An event subscriber that keeps what `stylewatch web` shows and writes it to live.json."""
 
-    def __init__(self, state_dir: Path, *, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        input_dir: Path | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.path = state_dir / LIVE_NAME
+        # Looked at from this thread, never the service's main loop: a stat on a share that
+        # hangs must not hold up systemd's watchdog pings.
+        self._input_dir = input_dir
         self._wall = wall
         self._lock = threading.Lock()
         self._ready = False
@@ -96,7 +105,9 @@ class LiveState:
         self.publish()
 
     def publish(self) -> None:
+        reachable = self._input_dir is None or self._input_dir.is_dir()
         with self._lock:
+            self._input_reachable = reachable
             snapshot = self.snapshot()
         self._write(snapshot)
 
@@ -109,7 +120,7 @@ class LiveState:
             self._stopping = True
             self._heartbeat = event.at
         elif isinstance(event, events.ServiceHeartbeat):
-            self._healthy, self._input_reachable = event.healthy, event.input_reachable
+            self._healthy = event.healthy
             self._heartbeat = event.at
         elif isinstance(event, events.JobStarted):
             self._running[event.job] = Running(

@@ -99,7 +99,7 @@ class Service:
         config.output.mkdir(parents=True, exist_ok=True)
         config.state.mkdir(parents=True, exist_ok=True)
         journal = Journal.open(config.state)
-        live = LiveState(config.state)
+        live = LiveState(config.state, input_dir=config.input)
         hooks = HookRunner(lambda: self.config)
         textfile = None
         if config.metrics.textfile is not None:
@@ -206,10 +206,7 @@ class Service:
                 next_status = now + STATUS_SECONDS
             if now >= next_beat:
                 self.bus.emit(
-                    events.ServiceHeartbeat(
-                        healthy=self._healthy(watcher, worker, worker_thread),
-                        input_reachable=self.config.input.is_dir(),
-                    )
+                    events.ServiceHeartbeat(healthy=self._healthy(watcher, worker, worker_thread))
                 )
                 next_beat = now + HEARTBEAT_SECONDS
             if now >= next_ping:

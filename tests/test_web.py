@@ -86,10 +86,10 @@ class Setup:
         return self.journal.job(job.id)
 
     def live(self, *, wall: Callable[[], float] = time.time, ready: bool = True) -> LiveState:
-        live = LiveState(self.state, wall=wall)
+        live = LiveState(self.state, input_dir=self.inbox, wall=wall)
         if ready:
             live(events.ServiceReady(pid=1, device="cpu", precision="fp32", input="", output=""))
-            live(events.ServiceHeartbeat(healthy=True, input_reachable=True))
+            live(events.ServiceHeartbeat(healthy=True))
         live.publish()
         return live
 
@@ -233,12 +233,18 @@ def test_readyz_follows_the_live_state(setup: Setup) -> None:
         assert missing.json()["ready"] is False
         live = setup.live()
         assert client.get("/readyz").json() == {"ready": True, "reasons": []}
-        live(events.ServiceHeartbeat(healthy=True, input_reachable=False))
+        setup.inbox.rename(setup.root / "inbox-away")  # a share unmounted
         live.publish()
         away = client.get("/readyz")
         assert away.status_code == 503
         assert away.json()["reasons"] == ["the input folder is not reachable"]
-        live(events.ServiceHeartbeat(healthy=True, input_reachable=True))
+        (setup.root / "inbox-away").rename(setup.inbox)
+        live.publish()
+        assert client.get("/readyz").status_code == 200
+        live(events.ServiceHeartbeat(healthy=False))  # the worker shows no progress
+        live.publish()
+        assert "stuck" in client.get("/readyz").json()["reasons"][0]
+        live(events.ServiceHeartbeat(healthy=True))
         live.publish()
         now[0] += 60  # no heartbeat for a minute: stopped or stuck
         stale = client.get("/readyz")
