@@ -26,6 +26,7 @@ __all__ = [
     "JobQueued",
     "JobRetry",
     "JobStarted",
+    "JobsReleased",
     "ServiceHeartbeat",
     "ServiceReady",
     "ServiceStopping",
@@ -122,6 +123,14 @@ class JobRetry(Event):
     style: str
     kind: str
     error: str
+
+
+@dataclass(frozen=True)
+class JobsReleased(Event):
+    """Put back in the queue without counting the attempt (a stop, or out of memory)."""
+
+    jobs: tuple[int, ...]
+    reason: str
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,9 @@ class LiveState:
                     running.seconds = event.seconds
         elif isinstance(event, events.JobDone | events.JobFailed | events.JobRetry):
             self._running.pop(event.job, None)
+        elif isinstance(event, events.JobsReleased):
+            for job in event.jobs:
+                self._running.pop(job, None)
         elif isinstance(event, events.JobCancelled):
             self._running.pop(event.job or 0, None)  # job None: queued ones, none running
 

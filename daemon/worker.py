@@ -195,6 +195,7 @@ class Worker:
             for item in items:
                 self._journal.release(item.job.id)
             log.info("batch_interrupted", sources=[i.job.source for i in items])
+            self._bus.emit(events.JobsReleased(ids, "interrupted"))
             return
         except engine_errors.OutOfMemoryError as exc:
             self._out_of_memory(items, exc)
@@ -318,11 +319,13 @@ class Worker:
             for item in items:
                 self._journal.release(item.job.id)
             log.warning("out_of_memory", batch=len(items), next_batch=self._batch_limit)
+            self._bus.emit(events.JobsReleased(tuple(i.job.id for i in items), "out_of_memory"))
             return
         if self._engine.shrink_memory_budget():
             # One photo did not fit: try it again at once in smaller tiles.
             self._journal.release(items[0].job.id)
             log.warning("out_of_memory", batch=1, source=items[0].job.source, retry="smaller tiles")
+            self._bus.emit(events.JobsReleased((items[0].job.id,), "out_of_memory"))
             return
         for item in items:
             self._fail(item.job, exc, "out_of_memory", permanent=False)
