@@ -144,6 +144,8 @@ def test_the_worker_emits_each_job_event_once(tmp_path: Path) -> None:
         kinds = [type(e).__name__ for e in seen]
         assert kinds == ["JobFailed", "JobStarted", "JobDone"], kinds
         failed, started, done = seen
+        assert isinstance(started, events.JobStarted)
+        assert (started.source, started.steps, started.scales) == ("good.png", 1, 3)
         assert isinstance(failed, events.JobFailed)
         assert (failed.source, failed.kind.startswith("bad_image")) == ("bad.png", True)
         assert isinstance(done, events.JobDone)
