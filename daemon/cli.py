@@ -188,6 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     retry = commands.add_parser("retry", help="queue failed jobs again")
     _config_argument(retry)
     retry.set_defaults(handler=_retry)
+
+    web = commands.add_parser(
+        "web",
+        help="serve the booth page, the dashboard, /metrics and health checks",
+        description="A web server beside the service: /booth, / (dashboard), /metrics, /healthz, "
+        "/readyz. Reads the journal and the service's live state; listens on loopback unless "
+        "web.token is set.",
+    )
+    _config_argument(web)
+    web.add_argument("--listen", metavar="HOST:PORT", help="overrides web.listen (port 0: any)")
+    web.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    web.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default="auto",
+        help="auto: console on a terminal, JSON lines otherwise (default)",
+    )
+    web.set_defaults(handler=_web)
     return parser
 
 
@@ -421,6 +439,43 @@ def _retry(args: argparse.Namespace) -> int:
     finally:
         journal.close()
     sys.stdout.write(f"{count} failed job(s) queued again\n")
+    return ExitCode.OK
+
+
+def _web(args: argparse.Namespace) -> int:
+    import socket
+
+    from daemon import logs
+    from daemon.config import is_loopback, parse_listen
+
+    try:
+        logs.configure(level=args.log_level, renderer=args.log_format)
+    except ValueError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from exc
+    # The journal and live.json are what it reads: an input folder that is away is shown, not
+    # refused.
+    config = _load(args.config, require_input=False)
+    listen = args.listen or config.web.listen
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise CliError(f"--listen: {exc}", ExitCode.USAGE) from exc
+    if not is_loopback(host) and config.web.token is None:
+        raise CliError(
+            f"refusing to listen on {listen} without a token: anyone who reaches it could see "
+            f"the photos and retry jobs. Set web.token in {args.config} "
+            "(`openssl rand -hex 16`), or listen on 127.0.0.1",
+            ExitCode.CONFIG,
+        )
+    from daemon.web.server import serve
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        message = f"cannot listen on {listen}: {exc.strerror or exc}"
+        raise CliError(message, ExitCode.CONFIG) from exc
+    serve(config, sock, listen)
     return ExitCode.OK
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import re
 import string
@@ -239,6 +240,35 @@ class Rule:
         return matcher.match(relpath.as_posix())
 
 
+DEFAULT_LISTEN = "127.0.0.1:8750"
+MIN_TOKEN_LENGTH = 16  # a token short enough to guess protects nothing
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """`stylewatch web`: the booth page, the dashboard and /metrics."""
+
+    listen: str = DEFAULT_LISTEN  # HOST:PORT; any host but loopback needs a token
+    token: str | None = None  # checked on every route but /healthz when set
+    show_sources: bool = False  # serve the source photos beside the artworks
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Commands run by the service after a job ends; argv lists, never through a shell."""
+
+    on_done: tuple[str, ...] = ()
+    on_failed: tuple[str, ...] = ()
+    timeout_seconds: float = 30.0  # a hook still running then is killed
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # node_exporter's textfile collector: the service writes its metrics here atomically.
+    textfile: Path | None = None
+    interval_seconds: float = 15.0  # how often the textfile is rewritten (and at stop)
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path  # the config file, absolute
@@ -251,6 +281,9 @@ class Config:
     defaults: Settings
     rules: tuple[Rule, ...]
     retry: RetrySettings = field(default_factory=RetrySettings)
+    web: WebConfig = field(default_factory=WebConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +300,31 @@ def safe_relpath(text: str) -> PurePosixPath:
     if not parts:
         raise ValueError(f"{text!r} is an empty path")
     return PurePosixPath(*parts)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:8750` for IPv6) -> (host, port); ValueError with a message."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"{text!r} is not HOST:PORT (for example {DEFAULT_LISTEN})")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, [::1]:8750")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r}: the port must be between 0 and 65535")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def is_network_filesystem(fstype: str) -> bool:
@@ -353,6 +411,7 @@ _TOP_KEYS = (
     "retry",
 )
 _RETRY_KEYS = tuple(f.name for f in dataclasses.fields(RetrySettings))
+_FACE_KEYS = ("web", "hooks", "metrics")  # read by `stylewatch web`, hooks and metrics
 _WATCH_KEYS = tuple(f.name for f in dataclasses.fields(WatchConfig))
 _ENGINE_KEYS = (
     "device",
@@ -399,7 +458,7 @@ class _Loader:
         top = self.mapping(root, "")
         if top is None:
             raise ConfigError(self.problems)
-        self.check_keys(top, _TOP_KEYS, "")
+        self.check_keys(top, (*_TOP_KEYS, *_FACE_KEYS), "")
         folders = {name: self.folder(top, name, root) for name in ("input", "output", "state")}
         watch = self.watch(top.get("watch"))
         retry = self.retry(top.get("retry"))
@@ -411,6 +470,9 @@ class _Loader:
         styles, style_layers = self.styles(top.get("styles"), root, defaults_layer)
         rules = self.rules(top.get("rules"), root, styles, style_layers, defaults_layer)
         self.check_folders(top, folders)
+        web = self.web(top.get("web"))
+        hooks = self.hooks(top.get("hooks"))
+        metrics = self.metrics(top.get("metrics"))
         input_, output, state = folders["input"], folders["output"], folders["state"]
         # Each None below comes with a recorded problem; the test only narrows the types.
         if self.problems or input_ is None or output is None or state is None or defaults is None:
@@ -426,6 +488,9 @@ class _Loader:
             defaults=defaults,
             rules=tuple(rules),
             retry=retry,
+            web=web,
+            hooks=hooks,
+            metrics=metrics,
         )
 
     def folder(self, top: _Fields, name: str, root: yaml.Node) -> Path | None:
@@ -516,6 +581,82 @@ class _Loader:
                 f"must not be longer than retry.max_delay ({retry.max_delay:g} s)",
             )
         return retry
+
+    def web(self, entry: tuple[yaml.Node, yaml.Node] | None) -> WebConfig:
+        fields = self.section(entry, "web", ("listen", "token", "show_sources"))
+        changes: dict[str, object] = {}
+        for name, (_, node) in fields.items():
+            key = f"web.{name}"
+            value: object = _INVALID
+            if name == "listen":
+                value = self.text(node, key)
+                if isinstance(value, str):
+                    try:
+                        parse_listen(value)
+                    except ValueError as exc:
+                        self.problem(node, key, str(exc))
+                        value = _INVALID
+            elif name == "token":
+                value = None if self.scalar(node) is None else self.text(node, key)
+                if isinstance(value, str) and len(value.strip()) < MIN_TOKEN_LENGTH:
+                    self.problem(
+                        node,
+                        key,
+                        f"use at least {MIN_TOKEN_LENGTH} random characters "
+                        "(`openssl rand -hex 16`)",
+                    )
+                    value = _INVALID
+            elif name == "show_sources":
+                value = self.boolean(node, key)
+            if value is not _INVALID:
+                changes[name] = value
+        return dataclasses.replace(WebConfig(), **changes)  # type: ignore[arg-type]
+
+    def hooks(self, entry: tuple[yaml.Node, yaml.Node] | None) -> HooksConfig:
+        fields = self.section(entry, "hooks", ("on_done", "on_failed", "timeout_seconds"))
+        changes: dict[str, object] = {}
+        for name, (_, node) in fields.items():
+            key = f"hooks.{name}"
+            value: object = _INVALID
+            if name in ("on_done", "on_failed"):
+                if not isinstance(node, yaml.SequenceNode):
+                    self.problem(
+                        node,
+                        key,
+                        "expected a command as a list, [program, arg, ...]: it is "
+                        "run without a shell",
+                    )
+                    continue
+                items = self.texts(node, key)
+                if items is not None:
+                    value = tuple(text for _, text in items)
+                    if value and not str(value[0]).strip():
+                        self.problem(node, key, "the program (first item) is empty")
+                        value = _INVALID
+            elif name == "timeout_seconds":
+                value = self.real(node, key, lambda v: 0 < v <= 3600, "between 0 and 3600 seconds")
+            if value is not _INVALID:
+                changes[name] = value
+        return dataclasses.replace(HooksConfig(), **changes)  # type: ignore[arg-type]
+
+    def metrics(self, entry: tuple[yaml.Node, yaml.Node] | None) -> MetricsConfig:
+        fields = self.section(entry, "metrics", ("textfile", "interval_seconds"))
+        changes: dict[str, object] = {}
+        for name, (_, node) in fields.items():
+            key = f"metrics.{name}"
+            value: object = _INVALID
+            if name == "textfile":
+                value = None if self.scalar(node) is None else self.path_value(node, key)
+                if isinstance(value, Path) and not value.parent.is_dir():
+                    self.problem(node, key, f"{value.parent} does not exist")
+                    value = _INVALID
+                elif value is None and self.scalar(node) is not None:
+                    value = _INVALID
+            elif name == "interval_seconds":
+                value = self.real(node, key, lambda v: 1 <= v <= 3600, "between 1 and 3600 seconds")
+            if value is not _INVALID:
+                changes[name] = value
+        return dataclasses.replace(MetricsConfig(), **changes)  # type: ignore[arg-type]
 
     def extensions(self, node: yaml.Node, key: str) -> object:
         items = self.texts(node, key)

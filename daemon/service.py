@@ -20,10 +20,13 @@ from types import FrameType
 
 import structlog
 
-from daemon import rules
+from daemon import events, rules
 from daemon.config import Config, load_config
 from daemon.errors import ConfigError
+from daemon.hooks import HookRunner
 from daemon.journal import JobSpec, JobState, Journal, JournalError, SourceChangedError
+from daemon.live import LiveState
+from daemon.metrics import TextfileWriter
 from daemon.notify import Notifier
 from daemon.outputs import OUTPUT_MARKER, claim_output_folder, clean_stale_temporaries
 from daemon.stability import Signature, StabilityTracker, stat_signature
@@ -40,6 +43,7 @@ STATE_CHECK_SECONDS = 2.0  # how often the service checks that its journal is st
 # pauses: it tries again this often, and says so in the log at most once per INTAKE_LOG_SECONDS.
 INTAKE_RETRY_SECONDS = 5.0
 INTAKE_LOG_SECONDS = 60.0
+HEARTBEAT_SECONDS = 1.0  # how often live.json says the main loop is alive
 # Settings that only take effect at start: a reload that changes them says a restart is needed.
 RESTART_ONLY = ("input", "output", "state", "watch", "engine", "retry")
 
@@ -80,6 +84,8 @@ class Service:
         self._intake_paused: tuple[float, str] | None = None
         self._intake_logged = -math.inf
         self._scan_requested = False
+        # Job and service events: the live state file, hooks and the metrics textfile listen.
+        self.bus = events.EventBus()
 
     # -- signals: flags only ---------------------------------------------------------------------
 
@@ -115,10 +121,26 @@ class Service:
             max_attempts=config.retry.max_attempts,
             retry_for=config.retry.give_up_after,
         )
+        live = LiveState(config.state, input_dir=config.input)
+        hooks = HookRunner(lambda: self.config)
+        textfile = None
+        if config.metrics.textfile is not None:
+            textfile = TextfileWriter(
+                config.metrics.textfile, config.metrics.interval_seconds, journal, live.snapshot
+            )
+        for subscriber in (live, hooks):
+            self.bus.subscribe(subscriber)
+            subscriber.start()
+        if textfile is not None:
+            textfile.start()
         try:
             self._claim_output_folder(journal)
             self._serve(journal)
         finally:
+            hooks.stop()
+            if textfile is not None:
+                textfile.stop()
+            live.stop()
             journal.close()
             self._notifier.close()
             log.info("service_stopped")
@@ -146,7 +168,9 @@ class Service:
             return
         self._prepare_styles(engine, config)
         watcher = Watcher(config, self)
-        worker = Worker(journal, engine, lambda: self.config, source_missing=self._source_missing)
+        worker = Worker(
+            journal, engine, lambda: self.config, source_missing=self._source_missing, bus=self.bus
+        )
         worker_stop = threading.Event()
         worker_thread = threading.Thread(
             target=self._run_worker, args=(worker, worker_stop), name="stylewatch-worker"
@@ -168,11 +192,21 @@ class Service:
                 # True only on a GPU with engine.cuda_graphs on (a failed capture logs why).
                 cuda_graphs=bool(getattr(getattr(engine, "graphs", None), "enabled", False)),
             )
+            self.bus.emit(
+                events.ServiceReady(
+                    pid=os.getpid(),
+                    device=str(getattr(engine, "device", "unknown")),
+                    precision=str(getattr(engine, "precision", config.engine.engine.precision)),
+                    input=str(config.input),
+                    output=str(config.output),
+                )
+            )
             self._notifier.ready(self._status_text(journal))
             self._main_loop(journal, watcher, worker, worker_thread)
         finally:
             self._notifier.stopping()
             log.info("service_stopping")
+            self.bus.emit(events.ServiceStopping(pid=os.getpid()))
             # The worker first: it must not take another batch while the watcher's threads are
             # being joined (seconds on a slow share).
             worker_stop.set()
@@ -192,7 +226,7 @@ class Service:
         self, journal: Journal, watcher: Watcher, worker: Worker, worker_thread: threading.Thread
     ) -> None:
         ping_every = self._notifier.watchdog_interval()
-        next_ping = next_status = next_state_check = 0.0
+        next_ping = next_status = next_state_check = next_beat = 0.0
         was_healthy = True
         while not self.stop_event.is_set():
             if self._reload_requested:
@@ -213,6 +247,11 @@ class Service:
             if now >= next_status:
                 self._notifier.status(self._status_text(journal))
                 next_status = now + STATUS_SECONDS
+            if now >= next_beat:
+                self.bus.emit(
+                    events.ServiceHeartbeat(healthy=self._healthy(watcher, worker, worker_thread))
+                )
+                next_beat = now + HEARTBEAT_SECONDS
             if now >= next_ping:
                 healthy = self._healthy(watcher, worker, worker_thread)
                 if healthy and ping_every is not None:
@@ -228,7 +267,7 @@ class Service:
                     )
                     was_healthy = healthy
                 next_ping = now + (ping_every or 1.0)
-            self._wake.wait(self._sleep_time(next_status, next_ping))
+            self._wake.wait(self._sleep_time(min(next_status, next_beat), next_ping))
             self._wake.clear()
 
     def _run_worker(self, worker: Worker, stop: threading.Event) -> None:
@@ -331,6 +370,7 @@ class Service:
         )
         if cancelled:
             log.info("job_cancelled", source=str(relpath), jobs=cancelled, reason="source_removed")
+            self.bus.emit(events.JobCancelled(str(relpath), "source_removed"))
 
     def _source_missing(self, source: str) -> None:
         """The worker found no file for a queued job (called from its thread). Forget that it was
@@ -465,6 +505,9 @@ class Service:
                     output=spec.output,
                     job=job.id,
                 )
+                self.bus.emit(
+                    events.JobQueued(job.id, spec.source, spec.rule, spec.style, spec.output)
+                )
         return queued
 
     def _remember(self, path: Path, signature: Signature) -> None:
@@ -525,6 +568,7 @@ class Service:
                     log.info(
                         "job_cancelled", source=job.source, style=job.style, reason="config_changed"
                     )
+                    self.bus.emit(events.JobCancelled(job.source, "config_changed", job=job.id))
         except JournalError as exc:
             # The worker checks each job against the config before running it anyway.
             log.warning("reload_replan_failed", error=str(exc))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 from PIL import Image
 
-from daemon import rules
+from daemon import events, rules
 from daemon.config import Config
 from daemon.journal import Job, Journal, backoff_seconds, streak_delay
 from daemon.outputs import write_atomic
@@ -120,6 +120,7 @@ class Worker:
         *,
         wall: Callable[[], float] = time.time,
         source_missing: Callable[[str], None] | None = None,
+        bus: events.EventBus | None = None,
     ) -> None:
         self._journal = journal
         self._engine = engine
@@ -128,6 +129,7 @@ class Worker:
         # Told of a job cancelled because its source was not there: the file may come back
         # unchanged (an input folder on a share that was away), and must then be taken in again.
         self._source_missing = source_missing
+        self._bus = bus or events.EventBus()
         self._abort = threading.Event()
         self._batch_limit: int | None = None  # lowered after running out of memory
         self.heartbeat = time.monotonic()  # last sign of life, for systemd's watchdog
@@ -172,9 +174,30 @@ class Worker:
         planned = items[0].planned
         started = time.perf_counter()
         last_log = [0.0]
+        ids = tuple(i.job.id for i in items)
+        for item in items:
+            self._bus.emit(
+                events.JobStarted(
+                    job=item.job.id,
+                    source=item.job.source,
+                    style=item.job.style,
+                    steps=planned.params.steps,
+                    scales=planned.params.scales,
+                )
+            )
 
         def progress(p: Progress) -> None:
             self.heartbeat = time.monotonic()
+            self._bus.emit(
+                events.JobProgress(
+                    jobs=ids,
+                    scale=p.scale,
+                    scales=p.scales,
+                    step=p.step,
+                    steps=p.steps,
+                    seconds=p.seconds,
+                )
+            )
             if p.step == p.steps or p.seconds - last_log[0] >= PROGRESS_LOG_SECONDS:
                 last_log[0] = p.seconds
                 log.info(
@@ -201,6 +224,7 @@ class Worker:
             for item in items:
                 self._journal.release(item.job.id)
             log.info("batch_interrupted", sources=[i.job.source for i in items])
+            self._bus.emit(events.JobsReleased(ids, "interrupted"))
             return
         except engine_errors.OutOfMemoryError as exc:
             self._out_of_memory(items, exc)
@@ -228,12 +252,14 @@ class Worker:
             log.info("job_cancelled", source=job.source, style=job.style, reason="config_changed")
             if self._source_missing is not None:
                 self._source_missing(job.source)
+            self._bus.emit(events.JobCancelled(job.source, "config_changed", job=job.id))
             return None
         try:
             data = source.read_bytes()
         except FileNotFoundError:
             self._journal.cancel(job.id, "source removed before it was processed")
             log.info("job_cancelled", source=job.source, style=job.style, reason="source_removed")
+            self._bus.emit(events.JobCancelled(job.source, "source_removed", job=job.id))
             if self._source_missing is not None:
                 self._source_missing(job.source)
             return None
@@ -244,6 +270,7 @@ class Worker:
             # New content under the same name: the watcher queues it as its own job.
             self._journal.cancel(job.id, "source changed before it was processed")
             log.info("job_cancelled", source=job.source, style=job.style, reason="source_changed")
+            self._bus.emit(events.JobCancelled(job.source, "source_changed", job=job.id))
             return None
         try:
             decoded = images.decode(data)
@@ -287,6 +314,16 @@ class Worker:
             device=result.device,
             result="done",
         )
+        self._bus.emit(
+            events.JobDone(
+                job=job.id,
+                source=job.source,
+                output=claimed,
+                rule=job.rule,
+                style=job.style,
+                seconds=seconds,
+            )
+        )
 
     def _reuse(self, config: Config, job: Job) -> bool:
         """Deliver the artwork a done job already made of the same content in the same style and
@@ -316,6 +353,16 @@ class Worker:
             seconds=0.0,
             reused=previous,
             result="done",
+        )
+        self._bus.emit(
+            events.JobDone(
+                job=job.id,
+                source=job.source,
+                output=claimed,
+                rule=job.rule,
+                style=job.style,
+                seconds=0.0,
+            )
         )
         return True
 
@@ -371,11 +418,13 @@ class Worker:
             for item in items:
                 self._journal.release(item.job.id)
             log.warning("out_of_memory", batch=len(items), next_batch=self._batch_limit)
+            self._bus.emit(events.JobsReleased(tuple(i.job.id for i in items), "out_of_memory"))
             return
         if self._engine.shrink_memory_budget():
             # One photo did not fit: try it again at once in smaller tiles.
             self._journal.release(items[0].job.id)
             log.warning("out_of_memory", batch=1, source=items[0].job.source, retry="smaller tiles")
+            self._bus.emit(events.JobsReleased((items[0].job.id,), "out_of_memory"))
             return
         for item in items:
             self._fail(item.job, exc, "out_of_memory", Outcome.UNKNOWN)
@@ -415,6 +464,24 @@ class Worker:
             ),
             result=after.state.value,
         )
+        if failed:
+            self._bus.emit(
+                events.JobFailed(
+                    job=job.id,
+                    source=job.source,
+                    output=job.output,
+                    rule=job.rule,
+                    style=job.style,
+                    kind=kind,
+                    error=str(exc),
+                )
+            )
+        else:
+            self._bus.emit(
+                events.JobRetry(
+                    job=job.id, source=job.source, style=job.style, kind=kind, error=str(exc)
+                )
+            )
 
 
 def _read_regular(path: Path) -> bytes:

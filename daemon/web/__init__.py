@@ -1,0 +1,1 @@
+"""`stylewatch web`: the booth page, the dashboard, /metrics and the health checks."""
