@@ -83,6 +83,7 @@ class Service:
         # Intake paused by a journal that cannot be written: (until, reason, last logged).
         self._intake_paused: tuple[float, str] | None = None
         self._intake_logged = -math.inf
+        self._intake_announced = False
         self._scan_requested = False
         # Job and service events: the live state file, hooks and the metrics textfile listen.
         self.bus = events.EventBus()
@@ -404,9 +405,12 @@ class Service:
                 self._pause_intake(str(exc), len(due) - index)
                 return queued
         if self._intake_paused is not None and due:
-            log.info("intake_resumed", after=self._intake_paused[1])
+            if self._intake_announced:
+                # Said once per pause that was said: a disk that flaps (frees a little, fills
+                # again) makes at most a pair of lines a minute.
+                log.info("intake_resumed", after=self._intake_paused[1])
+                self._intake_announced = False
             self._intake_paused = None
-            self._intake_logged = -math.inf
         return queued
 
     def _pause_intake(self, reason: str, files: int) -> None:
@@ -414,6 +418,7 @@ class Service:
         self._intake_paused = (now + INTAKE_RETRY_SECONDS, reason)
         if now - self._intake_logged >= INTAKE_LOG_SECONDS:
             self._intake_logged = now
+            self._intake_announced = True
             log.warning(
                 "intake_paused",
                 error=reason,

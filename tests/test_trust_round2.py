@@ -234,8 +234,9 @@ def test_a_full_journal_disk_pauses_intake_and_strands_no_job(
         daemon.wait(lambda: daemon.saw("intake_resumed"), "intake to resume")
         daemon.wait(lambda: len(output_names(outbox)) == 23, "every photo", timeout=240)
         assert daemon.stop() == 0
-    # One line when the pause began, not one per file and second.
-    assert count(daemon, "intake_paused") <= 2
+    # A line when the pause began (and at most one a minute while the disk flaps), not one per
+    # file and second as before (2,065 lines in the run).
+    assert 1 <= count(daemon, "intake_paused") <= 2
     assert count(daemon, "intake_deferred") == 0
     status = check_invariants(
         daemon,
