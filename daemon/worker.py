@@ -244,6 +244,9 @@ class Worker:
                 planned.format,
                 quality=planned.quality,
                 metadata=item.decoded.metadata,
+                style=planned.style_name,
+                credit=planned.credit,
+                policy=planned.metadata,
             )
             target = config.output / claimed
             try:

@@ -1,7 +1,8 @@
 """Image I/O for the engine: any photo Pillow reads in, an upright 8-bit sRGB picture out.
 
 `decode` turns a file (or its bytes) into an RGB picture plus the metadata worth keeping;
-`encode` turns a picture back into JPEG, PNG or WebP bytes. Nothing here knows of folders,
+`encode` turns a picture back into a file of one of engine.formats' writable formats (JPEG, PNG,
+WebP, AVIF), marked as made by an algorithm (engine.metadata). Nothing here knows of folders,
 configuration or the daemon: a file that cannot be used raises `BadImageError` with a stable
 `reason`, and a failing disk raises the plain `OSError` it gave, because retrying may help there.
 """
@@ -9,6 +10,7 @@ configuration or the daemon: a file that cannot be used raises `BadImageError` w
 from __future__ import annotations
 
 import functools
+import importlib
 import io
 import os
 import struct
@@ -22,16 +24,17 @@ from typing import BinaryIO
 
 import numpy as np
 import structlog
-from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from engine import formats
+from engine import metadata as meta
 from engine.errors import BadImageError
 
 log = structlog.get_logger()
 
 DEFAULT_MAX_PIXELS = 120_000_000  # bigger than any camera; a guard against decompression bombs
 
-ENCODE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
-_SUFFIX_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+ENCODE_FORMATS: tuple[str, ...] = tuple(f.pillow for f in formats.WRITABLE)
 
 # What Pillow's decoders raise for damaged data (besides OSError, handled apart).
 _DECODER_ERRORS = (
@@ -59,6 +62,10 @@ _SIGNATURES = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
+# ISO base media file brands (the `ftyp` box) of HEIF stills and AVIF.
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_ISOBMFF_CONTAINERS = frozenset({b"mif1", b"msf1", b"miaf"})
 
 _TAG = ExifTags.Base
 # IFD0 tags that describe the source file's layout or colours, which an encoded result does not
@@ -118,7 +125,9 @@ class Metadata:
     size: tuple[int, int]  # the source's (width, height) after EXIF orientation
     # The source's EXIF with Orientation reset to 1 (the pixels are upright now), without the
     # thumbnail and the tags describing the source's layout; None when it had none worth keeping.
+    # Location and serial numbers are still in it: encode() applies the output's policy.
     exif: bytes | None
+    xmp: bytes | None = None  # the source's XMP packet, well-formed, as it was
 
 
 @dataclass(frozen=True)
@@ -132,8 +141,9 @@ def decode(
 ) -> Decoded:
     """Reads a photo (a path, or the file's bytes) into an upright 8-bit sRGB RGB picture.
 
-    Raises BadImageError (reason empty, not_an_image, truncated, too_large, corrupt or
-    unreadable) for a file that cannot be used, and OSError for other failures of the disk.
+    Raises BadImageError (reason empty, not_an_image, truncated, too_large, corrupt,
+    unreadable, or unsupported_format: a format whose optional decoder is not installed) for a
+    file that cannot be used, and OSError for other failures of the disk.
     The pixel count is checked against `max_pixels` from the header, before any pixel is
     decoded; Pillow's own bomb limit (twice Image.MAX_IMAGE_PIXELS) still applies above it.
     """
@@ -148,6 +158,7 @@ def decode(
             picture = _read_pixels(fp, label, max_pixels)
             _orient(picture, label)
             exif = _kept_exif(picture, label)
+            xmp = _kept_xmp(picture, label)
         try:
             image = _to_srgb(picture, picture.info.get("icc_profile"), label)
         except (*_DECODER_ERRORS, OSError) as exc:
@@ -161,7 +172,7 @@ def decode(
     # A fresh info: the source's ICC profile and EXIF no longer describe these pixels, and
     # Pillow's PNG writer would copy them from here.
     image.info = {}
-    metadata = Metadata(format=picture.format or "unknown", size=image.size, exif=exif)
+    metadata = Metadata(format=picture.format or "unknown", size=image.size, exif=exif, xmp=xmp)
     return Decoded(image=image, metadata=metadata)
 
 
@@ -182,41 +193,73 @@ def resize_long_edge(image: Image.Image, long_edge: int) -> Image.Image:
 
 def format_for_suffix(suffix: str) -> str:
     """The encode() format for a file suffix such as ".jpg" (any case)."""
-    try:
-        return _SUFFIX_FORMATS[suffix.lower().removeprefix(".")]
-    except KeyError:
-        known = ", ".join(f".{name}" for name in _SUFFIX_FORMATS)
-        raise ValueError(f"cannot write {suffix!r} files; use one of {known}") from None
+    row = formats.by_extension(suffix) if suffix else None
+    if row is None or not row.writable:
+        known = ", ".join(f".{ext}" for f in formats.WRITABLE for ext in f.extensions)
+        raise ValueError(f"cannot write {suffix!r} files; use one of {known}")
+    return row.pillow
 
 
 def encode(
-    image: Image.Image, format: str, *, quality: int = 92, metadata: Metadata | None = None
+    image: Image.Image,
+    format: str,
+    *,
+    quality: int = 92,
+    metadata: Metadata | None = None,
+    style: str | None = None,
+    credit: meta.Credit | None = None,
+    policy: str = "private",
 ) -> bytes:
-    """The RGB picture as a JPEG, PNG or WEBP file, tagged sRGB, with the metadata's EXIF.
+    """The RGB picture as a file of a writable format (engine.formats), tagged sRGB.
 
-    `quality` (1..100) applies to JPEG and WebP; PNG is lossless and ignores it.
+    `quality` (1..100) applies to the lossy formats. The file carries the photo's EXIF and XMP
+    as `policy` allows (engine.metadata: private, the default, drops location and serial
+    numbers; full keeps them; minimal drops all), and always the disclosure: made by an
+    algorithm, by this software, in `style`, after the painting `credit` names.
     """
-    fmt = format.upper()
-    if fmt not in ENCODE_FORMATS:
+    row = formats.by_name(format) if format and format.lower() in _writable_names() else None
+    if row is None:
         raise ValueError(f"cannot encode {format!r}; formats are {', '.join(ENCODE_FORMATS)}")
     if isinstance(quality, bool) or not 1 <= quality <= 100:
         raise ValueError(f"quality must be between 1 and 100, got {quality!r}")
     if image.mode != "RGB":
         raise ValueError(f"encode() takes RGB pictures, got mode {image.mode}")
-    options: dict[str, object] = {"icc_profile": _srgb_icc()}
-    if metadata is not None and metadata.exif:
-        options["exif"] = metadata.exif
-    if fmt == "JPEG":
-        options.update(quality=quality, optimize=True, subsampling="4:2:0")
-    elif fmt == "PNG":
-        # optimize tries every filter and compression setting: seconds per picture for a few
-        # percent; the default level is the better trade for a daemon.
-        options.update(optimize=False)
-    else:
-        options.update(quality=quality, method=4)
+    meta.check_policy(policy)
+    software = meta.software()
+    options: dict[str, object] = dict(row.options)
+    if row.lossy:
+        options["quality"] = quality
+    if row.icc:
+        options["icc_profile"] = _srgb_icc()
+    if row.exif:
+        options["exif"] = meta.output_exif(
+            metadata.exif if metadata else None, policy, software=software
+        )
+    if row.xmp:
+        xmp = meta.output_xmp(
+            metadata.xmp if metadata else None,
+            policy,
+            software=software,
+            style=style,
+            credit=credit,
+        )
+        if row.pillow == "PNG":
+            # Pillow writes PNG text chunks, not an xmp= option; XMP's own rule: an
+            # uncompressed iTXt chunk under this keyword.
+            info = PngImagePlugin.PngInfo()
+            info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"), zip=False)
+            options["pnginfo"] = info
+        else:
+            options["xmp"] = xmp
     buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
+    image.save(buffer, row.pillow, **options)
     return buffer.getvalue()
+
+
+@functools.cache
+def _writable_names() -> frozenset[str]:
+    names = {f.name for f in formats.WRITABLE} | {f.pillow.lower() for f in formats.WRITABLE}
+    return frozenset(names | {ext for f in formats.WRITABLE for ext in f.extensions})
 
 
 @contextmanager
@@ -246,6 +289,13 @@ def _read_pixels(fp: BinaryIO, label: str, max_pixels: int) -> Image.Image:
         picture = Image.open(fp, formats=_readable_formats())
     except UnidentifiedImageError as exc:
         kind = _sniff(fp)
+        missing = _missing_plugin(kind)
+        if missing is not None:
+            raise BadImageError(
+                f"{label}: a {kind} file, and its decoder is not installed: install it with "
+                f"pip install 'stylewatch[{missing.extra}]' (the {missing.package} package)",
+                reason="unsupported_format",
+            ) from exc
         if kind is None:
             raise BadImageError(
                 f"{label}: not an image (no known image format matches its contents)",
@@ -304,10 +354,36 @@ def _classified(exc: Exception, fp: BinaryIO, label: str, kind: str | None) -> B
 
 def _sniff(fp: BinaryIO) -> str | None:
     fp.seek(0)
-    head = fp.read(12)
+    head = fp.read(64)
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
+    if head[4:8] == b"ftyp":
+        return _isobmff_kind(head)
     return next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)
+
+
+def _isobmff_kind(head: bytes) -> str | None:
+    """HEIF or AVIF, from the brands of an ISO base media file's `ftyp` box."""
+    size = int.from_bytes(head[:4], "big")
+    major = head[8:12]
+    compatible = {head[i : i + 4] for i in range(16, min(size, len(head)) - 3, 4)}
+    for brands in ({major}, compatible):
+        if brands & _AVIF_BRANDS:
+            return "AVIF"
+        if brands & _HEIF_BRANDS:
+            return "HEIF"
+    return "HEIF" if major in _ISOBMFF_CONTAINERS else None
+
+
+def _missing_plugin(kind: str | None) -> formats.Format | None:
+    """The table's row for `kind` when it needs a plugin that is not installed."""
+    if kind is None:
+        return None
+    try:
+        row = formats.by_name(kind)
+    except KeyError:
+        return None
+    return None if _plugin_loaded(row) else row
 
 
 def _riff_cut_short(fp: BinaryIO) -> bool:
@@ -320,8 +396,26 @@ def _riff_cut_short(fp: BinaryIO) -> bool:
     return fp.seek(0, io.SEEK_END) < declared
 
 
+def _plugin_loaded(row: formats.Format) -> bool:
+    """Whether the row's optional Pillow plugin is installed (and registered, once)."""
+    return row.plugin is None or _load_plugin(row.plugin, tuple(row.plugin_options.items()))
+
+
+@functools.cache
+def _load_plugin(plugin: str, options: tuple[tuple[str, object], ...]) -> bool:
+    module_name, _, register = plugin.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return False
+    getattr(module, register)(**dict(options))
+    return True
+
+
 @functools.cache
 def _readable_formats() -> tuple[str, ...]:
+    for row in formats.FORMATS:
+        _plugin_loaded(row)
     Image.init()
     # Pillow renders EPS by running Ghostscript on the file: not something to do to whatever
     # lands in a watched folder, and never a photo.
@@ -365,6 +459,20 @@ def _kept_exif(picture: Image.Image, label: str) -> bytes | None:
         log.warning("exif_dropped", source=label, error=f"{len(data)} bytes is too long")
         return None
     return data
+
+
+def _kept_xmp(picture: Image.Image, label: str) -> bytes | None:
+    """The picture's XMP packet, if it is well-formed; policy is applied when encoding."""
+    raw = picture.info.get("xmp")
+    if isinstance(raw, tuple) and len(raw) == 1:  # TIFF's tag, as some writers store it
+        raw = raw[0]
+    if not isinstance(raw, bytes | str):
+        return None
+    try:
+        return meta.source_xmp(raw)
+    except ValueError as exc:
+        log.warning("xmp_dropped", source=label, error=str(exc))
+        return None
 
 
 def _to_srgb(picture: Image.Image, icc: bytes | None, label: str) -> Image.Image:
