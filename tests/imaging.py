@@ -3,10 +3,16 @@ small ICC writer), so that the expected pixel values are known exactly."""
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import struct
+import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pytest
 from PIL import ExifTags, Image, ImageCms
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -207,3 +213,146 @@ def marked(width: int, height: int) -> Image.Image:
     image.paste(GREEN, (width - 8, 0, width, 8))
     return image
 
+
+
+# --- HEIC and AVIF files, written by the libraries themselves ------------------------------------
+
+HAS_HEIC_DECODER = importlib.util.find_spec("pi_heif") is not None
+needs_heic_decoder = pytest.mark.skipif(
+    not HAS_HEIC_DECODER, reason="the heic extra (pi-heif) is not installed"
+)
+
+
+def heic_encoder() -> Any:
+    """pillow-heif, which can write HEIC (its wheels carry x265); the test skips without it.
+
+    The decoder stylewatch uses (pi-heif) cannot write: these files are made by another build of
+    the same binding, as a phone's would be by another encoder.
+    """
+    pillow_heif = pytest.importorskip("pillow_heif")
+    if not pillow_heif.libheif_info()["HEIF"]:
+        pytest.skip("this pillow-heif build has no HEVC encoder")
+    return pillow_heif
+
+
+def heic_bytes(image: Image.Image, *, quality: int = 95, **metadata: object) -> bytes:
+    """`image` as a HEIC file; `exif`, `icc_profile` and `xmp` are written as given.
+
+    An EXIF orientation becomes the file's own rotation (HEIF's `irot` box), as a phone writes it.
+    """
+    heif = heic_encoder().from_pillow(image)
+    buffer = io.BytesIO()
+    heif.save(buffer, quality=quality, **metadata)
+    return buffer.getvalue()
+
+
+def heic_10_bit(width: int, height: int, rgb10: tuple[int, int, int]) -> bytes:
+    """A 10-bit HEIC of one colour, given in 10-bit levels (0..1023), losslessly coded."""
+    pillow_heif = heic_encoder()
+    pixels = np.zeros((height, width, 3), dtype=np.uint16)
+    pixels[...] = [level << 6 for level in rgb10]  # pillow-heif takes 16-bit, high bits first
+    heif = pillow_heif.from_bytes("RGB;16", (width, height), pixels.tobytes())
+    buffer = io.BytesIO()
+    heif.save(buffer, quality=-1)  # -1: lossless
+    return buffer.getvalue()
+
+
+def heic_burst(*colours: tuple[int, int, int], primary: int) -> bytes:
+    """A HEIC with several pictures (a burst, a Live Photo's stills), each 16+8i pixels square."""
+    pillow_heif = heic_encoder()
+    heif = pillow_heif.from_pillow(Image.new("RGB", (16, 16), colours[0]))
+    for index, colour in enumerate(colours[1:], start=1):
+        size = 16 + 8 * index
+        heif.add_from_pillow(Image.new("RGB", (size, size), colour))
+    buffer = io.BytesIO()
+    heif.save(buffer, quality=95, primary_index=primary)
+    return buffer.getvalue()
+
+
+def avif_bytes(image: Image.Image, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "AVIF", **params)
+    return buffer.getvalue()
+
+
+# --- a phone's metadata: where it was, which camera, and what the photo library added -------------
+
+GPS = {
+    ExifTags.GPS.GPSLatitudeRef: "N",
+    ExifTags.GPS.GPSLatitude: (52.0, 31.0, 12.5),
+    ExifTags.GPS.GPSLongitudeRef: "E",
+    ExifTags.GPS.GPSLongitude: (13.0, 24.0, 36.0),
+}
+BODY_SERIAL = "BODY-0042-SECRET"
+LENS_SERIAL = "LENS-7777-SECRET"
+
+PHONE_XMP = b"""<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:exif="http://ns.adobe.com/exif/1.0/"
+    xmlns:aux="http://ns.adobe.com/exif/1.0/aux/"
+    xmlns:tiff="http://ns.adobe.com/tiff/1.0/"
+    xmp:Rating="4"
+    exif:GPSLatitude="52,31.208N"
+    aux:SerialNumber="BODY-0042-SECRET"
+    tiff:Orientation="6">
+   <exif:GPSLongitude>13,24.6E</exif:GPSLongitude>
+   <aux:LensSerialNumber>LENS-7777-SECRET</aux:LensSerialNumber>
+   <dc:subject><rdf:Bag><rdf:li>birthday</rdf:li><rdf:li>cake</rdf:li></rdf:Bag></dc:subject>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>"""
+
+
+def phone_exif(orientation: int = 1) -> Image.Exif:
+    """camera_exif() with a GPS position and the serial numbers of the body and lens."""
+    exif = camera_exif(orientation)
+    exif[ExifTags.IFD.GPSInfo] = GPS
+    exif[ExifTags.Base.CameraSerialNumber] = BODY_SERIAL
+    details = exif.get_ifd(ExifTags.IFD.Exif)
+    details[ExifTags.Base.BodySerialNumber] = BODY_SERIAL
+    details[ExifTags.Base.LensSerialNumber] = LENS_SERIAL
+    details[ExifTags.Base.LensModel] = "Wide 26mm"
+    return exif
+
+
+def written_xmp(data: bytes) -> ET.Element:
+    """The XMP packet of an encoded file, as Pillow reads it back, parsed."""
+    with Image.open(io.BytesIO(data)) as image:
+        packet = image.info.get("xmp")
+    assert packet, "the file carries no XMP"
+    if isinstance(packet, str):
+        packet = packet.encode()
+    return ET.fromstring(packet.rstrip(b"\0 \n"))
+
+
+def xmp_values(root: ET.Element, prefix: str, name: str) -> list[str]:
+    """Every value of one XMP property, written as an element (its text or list items) or as an
+    attribute of an rdf:Description."""
+    uri = XMP_NS[prefix]
+    tag = f"{{{uri}}}{name}"
+    values = []
+    for description in root.iter(f"{{{XMP_NS['rdf']}}}Description"):
+        if tag in description.attrib:
+            values.append(description.attrib[tag])
+        for element in description.iter(tag):
+            items = [li.text or "" for li in element.iter(f"{{{XMP_NS['rdf']}}}li")]
+            values.extend(items or [element.text or ""])
+    return values
+
+
+XMP_NS = {
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "dc": "http://purl.org/dc/elements/1.1/",
+    "xmp": "http://ns.adobe.com/xap/1.0/",
+    "Iptc4xmpExt": "http://iptc.org/std/Iptc4xmpExt/2008-02-29/",
+    "photoshop": "http://ns.adobe.com/photoshop/1.0/",
+    "exif": "http://ns.adobe.com/exif/1.0/",
+    "aux": "http://ns.adobe.com/exif/1.0/aux/",
+    "tiff": "http://ns.adobe.com/tiff/1.0/",
+    "stylewatch": "urn:stylewatch:xmp:1/",
+}
