@@ -9,11 +9,17 @@ configuration or the daemon: a file that cannot be used raises `BadImageError` w
 
 from __future__ import annotations
 
+import base64
 import functools
 import importlib
 import io
+import json
 import os
+import re
+import signal
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -33,6 +39,9 @@ from engine.errors import BadImageError
 log = structlog.get_logger()
 
 DEFAULT_MAX_PIXELS = 120_000_000  # bigger than any camera; a guard against decompression bombs
+# A HEIC of 48 megapixels decodes in about a second; past this, its decoder is stuck on it.
+ISOLATED_DECODE_SECONDS = 120.0
+_CHILD = Path(__file__).with_name("decode_child.py")
 
 ENCODE_FORMATS: tuple[str, ...] = tuple(f.pillow for f in formats.WRITABLE)
 
@@ -285,17 +294,21 @@ def _opened(source: str | os.PathLike[str] | bytes, label: str) -> Iterator[Bina
 
 def _read_pixels(fp: BinaryIO, label: str, max_pixels: int) -> Image.Image:
     """The first frame, fully decoded; every failure classified."""
+    kind = _sniff(fp)
+    fp.seek(0)
+    row = _table_row(kind)
+    if row is not None and row.isolated:
+        missing = _missing_plugin(kind)
+        if missing is not None:
+            raise _not_installed(missing, kind, label)
+        return _read_isolated(fp, row, label, max_pixels)
     try:
         picture = Image.open(fp, formats=_readable_formats())
     except UnidentifiedImageError as exc:
         kind = _sniff(fp)
         missing = _missing_plugin(kind)
         if missing is not None:
-            raise BadImageError(
-                f"{label}: a {kind} file, and its decoder is not installed: install it with "
-                f"pip install 'stylewatch[{missing.extra}]' (the {missing.package} package)",
-                reason="unsupported_format",
-            ) from exc
+            raise _not_installed(missing, kind, label) from exc
         if kind is None:
             raise BadImageError(
                 f"{label}: not an image (no known image format matches its contents)",
@@ -325,6 +338,76 @@ def _read_pixels(fp: BinaryIO, label: str, max_pixels: int) -> Image.Image:
         if _failed_read(exc):
             raise
         raise _classified(exc, fp, label, picture.format) from exc
+    return picture
+
+
+def _not_installed(row: formats.Format, kind: str | None, label: str) -> BadImageError:
+    return BadImageError(
+        f"{label}: a {kind} file, and its decoder is not installed: install it with "
+        f"pip install 'stylewatch[{row.extra}]' (the {row.package} package)",
+        reason="unsupported_format",
+    )
+
+
+def _read_isolated(fp: BinaryIO, row: formats.Format, label: str, max_pixels: int) -> Image.Image:
+    """The picture, decoded by engine/decode_child.py in a process of its own."""
+    assert row.plugin is not None  # only plugin rows are isolated
+    data = fp.read()
+    what = f"{row.pillow} data"
+    command = [
+        sys.executable,
+        str(_CHILD),
+        row.plugin,
+        json.dumps(dict(row.plugin_options)),
+        row.pillow,
+        str(max_pixels),
+    ]
+    try:
+        done = subprocess.run(
+            command, input=data, capture_output=True, timeout=ISOLATED_DECODE_SECONDS, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BadImageError(
+            f"{label}: damaged {what} (its decoder ran for over {ISOLATED_DECODE_SECONDS:g} s)",
+            reason="corrupt",
+        ) from None
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        raise BadImageError(
+            f"{label}: damaged {what} (its decoder crashed on it: {name})", reason="corrupt"
+        )
+    header, _, raw = done.stdout.partition(b"\n")
+    try:
+        reply = json.loads(header)
+    except ValueError:
+        detail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no answer"]
+        # Its process died without an answer (out of memory before it could say so): the
+        # daemon records the photo as failed rather than let the error escape.
+        raise BadImageError(
+            f"{label}: its {row.pillow} decoder failed ({detail[0]})", reason="corrupt"
+        ) from None
+    if not reply["ok"]:
+        if reply.get("reason") == "too_large":
+            width, height = reply.get("size") or (0, 0)
+            raise BadImageError(
+                f"{label}: too large: {width}x{height} is over the limit of "
+                f"{max_pixels / 1e6:.1f} megapixels ({reply.get('error') or 'from its header'})",
+                reason="too_large",
+            )
+        error = str(reply.get("error") or reply.get("type"))
+        if reply.get("type") == "EOFError" or re.search("truncat|end of file", error, re.I):
+            raise BadImageError(
+                f"{label}: truncated: the file ends in the middle of its {what} "
+                "(an interrupted copy or download?)",
+                reason="truncated",
+            )
+        raise BadImageError(f"{label}: damaged {what} ({error})", reason="corrupt")
+    try:
+        picture = Image.frombytes(reply["mode"], tuple(reply["size"]), raw)
+    except (ValueError, TypeError) as exc:
+        raise BadImageError(f"{label}: damaged {what} ({exc})", reason="corrupt") from exc
+    picture.info = {key: base64.b64decode(value) for key, value in reply["info"].items()}
+    picture.format = row.pillow
     return picture
 
 
@@ -375,15 +458,19 @@ def _isobmff_kind(head: bytes) -> str | None:
     return "HEIF" if major in _ISOBMFF_CONTAINERS else None
 
 
-def _missing_plugin(kind: str | None) -> formats.Format | None:
-    """The table's row for `kind` when it needs a plugin that is not installed."""
+def _table_row(kind: str | None) -> formats.Format | None:
     if kind is None:
         return None
     try:
-        row = formats.by_name(kind)
+        return formats.by_name(kind)
     except KeyError:
         return None
-    return None if _plugin_loaded(row) else row
+
+
+def _missing_plugin(kind: str | None) -> formats.Format | None:
+    """The table's row for `kind` when it needs a plugin that is not installed."""
+    row = _table_row(kind)
+    return None if row is None or _plugin_loaded(row) else row
 
 
 def _riff_cut_short(fp: BinaryIO) -> bool:
@@ -397,18 +484,23 @@ def _riff_cut_short(fp: BinaryIO) -> bool:
 
 
 def _plugin_loaded(row: formats.Format) -> bool:
-    """Whether the row's optional Pillow plugin is installed (and registered, once)."""
-    return row.plugin is None or _load_plugin(row.plugin, tuple(row.plugin_options.items()))
+    """Whether the row's optional Pillow plugin is installed; registered here, once, unless the
+    format is decoded in a process of its own."""
+    if row.plugin is None:
+        return True
+    options = () if row.isolated else tuple(row.plugin_options.items())
+    return _load_plugin(row.plugin, options, register=not row.isolated)
 
 
 @functools.cache
-def _load_plugin(plugin: str, options: tuple[tuple[str, object], ...]) -> bool:
-    module_name, _, register = plugin.partition(":")
+def _load_plugin(plugin: str, options: tuple[tuple[str, object], ...], *, register: bool) -> bool:
+    module_name, _, function = plugin.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError:
         return False
-    getattr(module, register)(**dict(options))
+    if register:
+        getattr(module, function)(**dict(options))
     return True
 
 

@@ -134,7 +134,9 @@ def source_xmp(data: bytes | str | None) -> bytes | None:
     if data is None or len(data) == 0:
         return None
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    _parse(raw)
+    root = _parse(raw)
+    if root.tag != _q("rdf", "RDF") and root.find(_q("rdf", "RDF")) is None:
+        return None  # an empty x:xmpmeta, as some writers leave: nothing to carry
     return raw
 
 
@@ -192,17 +194,17 @@ def _parse(raw: bytes) -> ET.Element:
         root = ET.fromstring(raw.rstrip(b"\x00 \t\r\n"))
     except ET.ParseError as exc:
         raise ValueError(f"the XMP packet is not well-formed XML ({exc})") from None
-    if root.tag != _q("rdf", "RDF") and root.find(_q("rdf", "RDF")) is None:
-        raise ValueError("the XMP packet has no rdf:RDF element")
+    if root.tag not in (_q("rdf", "RDF"), _q("x", "xmpmeta")):
+        raise ValueError("not an XMP packet: its root is neither x:xmpmeta nor rdf:RDF")
     return root
 
 
 def _rdf(root: ET.Element) -> ET.Element:
+    """The packet's rdf:RDF element, added to an x:xmpmeta that has none."""
     if root.tag == _q("rdf", "RDF"):
         return root
     found = root.find(_q("rdf", "RDF"))
-    assert found is not None  # _parse() checked it
-    return found
+    return ET.SubElement(root, _q("rdf", "RDF")) if found is None else found
 
 
 def _strip(root: ET.Element, policy: str, *, replace_credit: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -221,3 +222,53 @@ def test_the_decoder_is_the_decoder_only_build() -> None:
     # The licence choice (README): pi-heif's wheels carry no HEVC encoder (x265 is GPL).
     pi_heif = pytest.importorskip("pi_heif")
     assert not pi_heif.libheif_info()["HEIF"]
+
+
+# --- HEIC is decoded in a process of its own ---------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@needs_heic_decoder
+def test_a_heic_that_crashed_the_decoder_is_a_bad_image() -> None:
+    """Found by the fuzz: libheif crashed the whole process on it; now only its own."""
+    data = (FIXTURES / "bitflip-crashes-pi-heif-1.4.heic").read_bytes()
+
+    with pytest.raises(BadImageError) as info:
+        decode(data)
+
+    assert info.value.reason in {"corrupt", "truncated"}
+
+
+@needs_heic_decoder
+@pytest.mark.parametrize(
+    ("script", "reason", "message"),
+    [
+        ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "corrupt", "SIGSEGV"),
+        ("import sys; sys.stderr.write('MemoryError\\n'); sys.exit(1)", "corrupt", "MemoryError"),
+        ("import time; time.sleep(30)", "corrupt", "ran for over"),
+    ],
+    ids=["crash", "no-answer", "hang"],
+)
+def test_a_decoder_that_dies_or_hangs_gives_a_bad_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str, reason: str, message: str
+) -> None:
+    child = tmp_path / "child.py"
+    child.write_text(script)
+    monkeypatch.setattr(images, "_CHILD", child)
+    monkeypatch.setattr(images, "ISOLATED_DECODE_SECONDS", 2.0)
+
+    with pytest.raises(BadImageError) as info:
+        decode(heic_bytes(quadrants()))
+
+    assert info.value.reason == reason
+    assert message in str(info.value)
+
+
+@needs_heic_decoder
+def test_a_heic_over_the_pixel_limit_is_refused_before_decoding() -> None:
+    with pytest.raises(BadImageError) as info:
+        decode(heic_bytes(quadrants()), max_pixels=1000)
+
+    assert info.value.reason == "too_large"
+    assert "64x48" in str(info.value)
