@@ -8,7 +8,8 @@ second.
 
 The photo's bytes come on stdin. The answer on stdout is one line of JSON, then, on success, the
 raw pixels: {"ok": true, "mode", "size", "info": {exif, xmp, icc_profile as base64}} or {"ok":
-false, "type", "error", "reason"}. A crash shows to the caller as the signal that ended it.
+false, "type", "error", "reason"}; "nclx" carries a colour description given instead of an ICC
+profile. A crash shows to the caller as the signal that ended it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def main(argv: list[str]) -> None:
             }
             # The size after decoding: a damaged file's pixels may not match its header.
             header = {"ok": True, "mode": picture.mode, "size": list(picture.size), "info": info}
+            nclx = picture.info.get("nclx_profile")
+            if isinstance(nclx, dict):  # colours described without an ICC profile
+                header["nclx"] = {k: v for k, v in nclx.items() if isinstance(v, int | float)}
     except Exception as exc:  # every failure goes back to the caller, which classifies it
         reason = "too_large" if isinstance(exc, Image.DecompressionBombError) else None
         _reply({"ok": False, "type": type(exc).__name__, "error": str(exc), "reason": reason})

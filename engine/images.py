@@ -170,6 +170,8 @@ def decode(
             xmp = _kept_xmp(picture, label)
         try:
             image = _to_srgb(picture, picture.info.get("icc_profile"), label)
+            if not picture.info.get("icc_profile"):
+                image = _through_primaries(image, picture.info.get("nclx_profile"), label)
         except (*_DECODER_ERRORS, OSError) as exc:
             raise BadImageError(
                 f"{label}: cannot convert its {picture.mode} pixels to RGB ({exc})",
@@ -407,6 +409,8 @@ def _read_isolated(fp: BinaryIO, row: formats.Format, label: str, max_pixels: in
     except (ValueError, TypeError) as exc:
         raise BadImageError(f"{label}: damaged {what} ({exc})", reason="corrupt") from exc
     picture.info = {key: base64.b64decode(value) for key, value in reply["info"].items()}
+    if isinstance(reply.get("nclx"), dict):
+        picture.info["nclx_profile"] = reply["nclx"]
     picture.format = row.pillow
     return picture
 
@@ -596,6 +600,59 @@ def _to_srgb(picture: Image.Image, icc: bytes | None, label: str) -> Image.Image
         if converted is not None:
             return converted
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# sRGB's (BT.709's) primaries and D65 white, as CIE xy.
+_SRGB_XY = ((0.64, 0.33), (0.30, 0.60), (0.15, 0.06), (0.3127, 0.3290))
+
+
+def _through_primaries(image: Image.Image, nclx: object, label: str) -> Image.Image:
+    """RGB described by an nclx colour box (HEIF, AVIF) instead of an ICC profile -> sRGB.
+
+    Phones write Display P3 this way: other primaries, sRGB's curve and white. Those are
+    converted; sRGB or unspecified primaries are left as they are, and what this does not handle
+    (HDR curves, another white) is logged and read as sRGB.
+    """
+    if image.mode != "RGB" or not isinstance(nclx, dict):
+        return image
+    primaries, transfer = nclx.get("color_primaries"), nclx.get("transfer_characteristics")
+    if primaries in (1, 2):  # BT.709 (sRGB's), unspecified
+        return image
+    try:
+        xy = tuple(
+            (float(nclx[f"color_primary_{c}_x"]), float(nclx[f"color_primary_{c}_y"]))
+            for c in ("red", "green", "blue", "white")
+        )
+    except (KeyError, TypeError, ValueError):
+        xy = ()
+    if transfer not in (2, 13) or len(xy) != 4 or max(
+        abs(a - b) for a, b in zip(xy[3], _SRGB_XY[3], strict=True)
+    ) > 0.002:
+        log.warning(
+            "color_description_ignored", source=label, primaries=primaries, transfer=transfer
+        )
+        return image
+    try:
+        matrix = np.linalg.inv(_rgb_to_xyz(_SRGB_XY)) @ _rgb_to_xyz(xy)
+    except np.linalg.LinAlgError:
+        log.warning("color_description_ignored", source=label, primaries=primaries)
+        return image
+    levels = np.arange(256, dtype=np.float64) / 255
+    decode_curve = np.where(levels <= 0.04045, levels / 12.92, ((levels + 0.055) / 1.055) ** 2.4)
+    linear = decode_curve.astype(np.float32)[np.asarray(image)] @ matrix.T.astype(np.float32)
+    linear = np.clip(linear, 0.0, 1.0)
+    encoded = np.where(
+        linear <= 0.0031308, linear * 12.92, 1.055 * np.power(linear, 1 / 2.4) - 0.055
+    )
+    return Image.fromarray(np.rint(encoded * 255).astype(np.uint8), "RGB")
+
+
+def _rgb_to_xyz(xy: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """The RGB -> XYZ matrix of primaries and a white point given as CIE xy."""
+    columns = np.array([[x / y, 1.0, (1 - x - y) / y] for x, y in xy[:3]]).T
+    wx, wy = xy[3]
+    white = np.array([wx / wy, 1.0, (1 - wx - wy) / wy])
+    return columns * np.linalg.solve(columns, white)
 
 
 def _scaled_16bit(image: Image.Image) -> Image.Image:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from imaging import (
     heic_10_bit,
     heic_burst,
     heic_bytes,
+    heic_encoder,
     marked,
     needs_heic_decoder,
     pixel,
@@ -272,3 +274,37 @@ def test_a_heic_over_the_pixel_limit_is_refused_before_decoding() -> None:
 
     assert info.value.reason == "too_large"
     assert "64x48" in str(info.value)
+
+
+# Display P3 to sRGB, linear light (the matrix published with the P3 specifications).
+P3_TO_SRGB = np.array([[1.2249, -0.2247, 0.0], [-0.0420, 1.0419, 0.0], [-0.0196, -0.0786, 1.0979]])
+
+
+def srgb_from_p3(rgb: tuple[int, int, int]) -> tuple[int, ...]:
+    v = np.array(rgb) / 255
+    linear = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+    out = np.clip(P3_TO_SRGB @ linear, 0, 1)
+    encoded = np.where(out <= 0.0031308, out * 12.92, 1.055 * out ** (1 / 2.4) - 0.055)
+    return tuple(int(np.rint(c * 255)) for c in encoded)
+
+
+@needs_heic_decoder
+@pytest.mark.parametrize(
+    ("primaries", "colour", "expected"),
+    [
+        (12, (200, 150, 100), srgb_from_p3((200, 150, 100))),  # Display P3, as phones write it
+        (1, (200, 150, 100), (200, 150, 100)),  # sRGB's own primaries: nothing to do
+    ],
+)
+def test_heic_colours_described_without_a_profile_become_srgb(
+    primaries: int, colour: tuple[int, int, int], expected: tuple[int, ...]
+) -> None:
+    heif = heic_encoder().from_pillow(Image.new("RGB", (16, 16), colour))
+    buffer = io.BytesIO()
+    heif.save(buffer, quality=-1, color_primaries=primaries, transfer_characteristics=13,
+              matrix_coefficients=6)  # fmt: skip
+
+    decoded = decode(buffer.getvalue())
+
+    assert expected != colour or primaries == 1
+    assert_close(pixel(decoded.image, 8, 8), expected, 3)
