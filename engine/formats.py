@@ -34,7 +34,7 @@ class Format:
     package: str | None = None
     extra: str | None = None
     # Decoded in a process of its own (engine/decode_child.py): for plugins whose C libraries
-    # have crashed the whole process on damaged files. Costs about 0.3 s per photo.
+    # have crashed the whole process on damaged files. Costs 0.3-0.5 s per photo.
     isolated: bool = False
 
 
