@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import params as engine_params
+from engine.metadata import METADATA_POLICIES
 
 
 class ExitCode(enum.IntEnum):
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         required=True,
-        help="the result; its suffix (.jpg, .png, .webp) picks the format",
+        help="the result; its suffix (.jpg, .png, .webp, .avif) picks the format",
     )
     defaults = engine_params.StyleParams()
     one.add_argument(
@@ -136,7 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never download the weights; fail with where to put them instead",
     )
-    one.add_argument("--quality", type=int, default=92, help="JPEG/WebP quality 1-100 (default 92)")
+    one.add_argument(
+        "--quality", type=int, default=92, help="JPEG/WebP/AVIF quality 1-100 (default 92)"
+    )
+    one.add_argument(
+        "--metadata",
+        choices=METADATA_POLICIES,
+        default="private",
+        help="what the result keeps of the photo's metadata: private drops location and serial "
+        "numbers (default), full keeps them, minimal keeps none",
+    )
     one.set_defaults(handler=_stylize)
 
     run = commands.add_parser(
@@ -385,6 +395,7 @@ def _status(args: argparse.Namespace) -> int:
         sys.stdout.write(
             json.dumps(
                 {
+                    "styles": _styles_json(_load(args.config, require_input=False)),
                     "counts": counts,
                     "failures": [
                         {
@@ -430,6 +441,19 @@ def _clock(epoch: float) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(epoch).astimezone().strftime("%H:%M:%S")
+
+
+def _styles_json(config: Any) -> dict[str, Any]:
+    """Each style's paintings and the credit its outputs carry (null when none is given)."""
+    import dataclasses
+
+    return {
+        name: {
+            "images": [str(image.path) for image in style.spec.images],
+            "credit": None if style.credit is None else dataclasses.asdict(style.credit),
+        }
+        for name, style in config.styles.items()
+    }
 
 
 def _retry(args: argparse.Namespace) -> int:
@@ -575,7 +599,14 @@ def _stylize(args: argparse.Namespace) -> int:
         stylizer = Stylizer(config, download_progress=sys.stderr.isatty())
         with _ProgressBar(params.steps) as bar:
             result = stylizer.stylize(decoded.image, style, params, progress=bar.update)
-        data = images.encode(result.image, fmt, quality=args.quality, metadata=decoded.metadata)
+        data = images.encode(
+            result.image,
+            fmt,
+            quality=args.quality,
+            metadata=decoded.metadata,
+            style=" + ".join(path.stem for path in args.styles),
+            policy=args.metadata,
+        )
     except errors.WeightsError as exc:
         raise CliError(str(exc), ExitCode.CONFIG) from exc
     except (errors.BadImageError, errors.StyleError) as exc:

@@ -29,6 +29,8 @@ from wcmatch import fnmatch as wcfnmatch
 from wcmatch import glob as wcglob
 
 from daemon.errors import ConfigError, Problem
+from engine import formats
+from engine.metadata import METADATA_POLICIES, Credit
 from engine.params import (
     PRECISIONS,
     PREPROCESSES,
@@ -41,11 +43,11 @@ from engine.params import (
 
 WatchMode = Literal["auto", "native", "polling"]
 ResolvedWatchMode = Literal["native", "polling"]
-OutputFormat = Literal["same", "jpeg", "png", "webp"]
 
 WATCH_MODES: tuple[str, ...] = ("auto", "native", "polling")
-OUTPUT_FORMATS: tuple[str, ...] = ("same", "jpeg", "png", "webp")
-DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "tif", "tiff")
+# "same", or the name of a format an output can take (engine.formats).
+OUTPUT_FORMATS: tuple[str, ...] = ("same", *(f.name for f in formats.WRITABLE))
+DEFAULT_EXTENSIONS: tuple[str, ...] = formats.EXTENSIONS
 
 # Names that are never photos, matched on every component of a path: hidden files and folders,
 # downloads and copies still in progress, Office lock files, and the litter of macOS, Windows and
@@ -78,14 +80,11 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?", re.ASCII)
 PLACEHOLDERS: tuple[str, ...] = ("dir", "stem", "ext", "style", "rule")
 
 PARAM_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StyleParams))
-OUTPUT_KEYS: tuple[str, ...] = ("format", "quality")
+OUTPUT_KEYS: tuple[str, ...] = ("format", "quality", "metadata")
 # `preset` names a schedule from engine.params.PRESETS; keys beside it in the same mapping win.
 SETTING_KEYS: tuple[str, ...] = (*PARAM_KEYS, *OUTPUT_KEYS, "preset")
 _PARAM_TYPES: dict[str, object] = get_type_hints(StyleParams)
-
-_PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
-_CANONICAL_EXT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
-_SOURCE_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
+CREDIT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Credit))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,9 +140,13 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class OutputSettings:
-    # "same" keeps the photo's format when it is JPEG, PNG or WebP, and writes JPEG otherwise.
-    format: OutputFormat = "same"
-    quality: int = 92  # JPEG and WebP quality, 1..100
+    # One of OUTPUT_FORMATS. "same" keeps the photo's format when an output can take it (JPEG,
+    # PNG, WebP, AVIF), and writes JPEG otherwise (HEIC, TIFF).
+    format: str = "same"
+    quality: int = 92  # quality of the lossy formats (JPEG, WebP, AVIF), 1..100
+    # What of the photo's metadata the output keeps (engine.metadata): private (all but
+    # location and serial numbers), full, or minimal (only what says how it was made).
+    metadata: str = "private"
 
     def resolve(self, source_suffix: str) -> tuple[str, str]:
         """(Pillow format name, file extension without the dot) for a photo with this suffix.
@@ -151,10 +154,15 @@ class OutputSettings:
         When the output keeps the photo's format it keeps its extension as written too (`.JPG`
         stays `.JPG`), so the output tree mirrors the input tree name for name.
         """
-        source = _SOURCE_FORMATS.get(source_suffix.lower())
-        chosen = (source or "jpeg") if self.format == "same" else self.format
-        ext = source_suffix[1:] if chosen == source else _CANONICAL_EXT[chosen]
-        return _PILLOW_FORMATS[chosen], ext
+        source = formats.by_extension(source_suffix) if source_suffix else None
+        if self.format != "same":
+            chosen = formats.by_name(self.format)
+        elif source is not None and source.writable:
+            chosen = source
+        else:
+            chosen = formats.by_name("jpeg")
+        ext = source_suffix[1:] if chosen == source else chosen.extensions[0]
+        return chosen.pillow, ext
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,7 @@ class Style:
     overrides: Mapping[str, object] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
+    credit: Credit | None = None  # the painting's, written into every output of the style
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,7 @@ class Target:
     style_name: str
     style: StyleSpec
     settings: Settings
+    credit: Credit | None = None
 
 
 @dataclass(frozen=True)
@@ -425,7 +435,7 @@ _ENGINE_KEYS = (
     "memory_budget_mb",
     "cuda_graphs",
 )
-_STYLE_KEYS = ("image", "images")
+_STYLE_KEYS = ("image", "images", "credit")
 _RULE_KEYS = ("match", "styles", "output")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _INVALID = object()  # a value that failed to parse; the problem is already recorded
@@ -771,19 +781,55 @@ class _Loader:
                 continue
             self.check_keys(style_fields, _STYLE_KEYS + SETTING_KEYS, key)
             images = self.style_images(style_fields, node, key)
+            credit = self.credit(style_fields.get("credit"), f"{key}.credit")
             layer = self.overrides(style_fields, key)
             layers[name] = layer
             # Settings are checked once per style here, so an unused style still gets checked.
             self.resolve([defaults, layer], node, key)
-            if not (images and valid_name):
+            if not (images and valid_name) or credit is _INVALID:
                 self.broken_styles.add(name)
             else:
                 styles[name] = Style(
                     name=name,
                     spec=StyleSpec(tuple(images), name=name),
                     overrides=MappingProxyType({k: s.value for k, s in layer.items()}),
+                    credit=credit if isinstance(credit, Credit) else None,
                 )
         return styles, layers
+
+    def credit(self, entry: tuple[yaml.Node, yaml.Node] | None, key: str) -> object:
+        """A style's `credit:` mapping (artist, title, year, licence; all optional texts)."""
+        if entry is None:
+            return None
+        fields = self.mapping(entry[1], key)
+        if fields is None:
+            return _INVALID
+        self.check_keys(fields, CREDIT_KEYS, key)
+        values: dict[str, str] = {}
+        ok = True
+        for name in CREDIT_KEYS:
+            if name not in fields:
+                continue
+            node = fields[name][1]
+            value = self.scalar(node)
+            # YAML reads `year: 1889` as a number; a credit is text either way.
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)
+            if not isinstance(value, str):
+                self.problem(node, f"{key}.{name}", f"expected text, got {self.describe(node)}")
+                ok = False
+            elif any(ord(c) < 32 or ord(c) == 127 for c in value) or len(value) > 500:
+                self.problem(
+                    node,
+                    f"{key}.{name}",
+                    "must be one line of at most 500 characters, without control characters",
+                )
+                ok = False
+            elif value.strip():
+                values[name] = value.strip()
+        if not ok:
+            return _INVALID
+        return Credit(**values) if values else None
 
     def style_images(self, fields: _Fields, node: yaml.Node, key: str) -> list[StyleImage]:
         if ("image" in fields) == ("images" in fields):
@@ -867,7 +913,7 @@ class _Loader:
             if settings is None or name not in styles:
                 ok = False
             else:
-                targets.append(Target(name, styles[name].spec, settings))
+                targets.append(Target(name, styles[name].spec, settings, styles[name].credit))
         template = self.template(fields, node, key=key, names=names, targets=targets, index=index)
         if not ok or template is None or patterns is None:
             return None
@@ -988,6 +1034,8 @@ class _Loader:
                 value = self.integer(
                     node, setting_key, lambda v: 1 <= v <= 100, "between 1 and 100"
                 )
+            elif name == "metadata":
+                value = self.choice(node, setting_key, METADATA_POLICIES)
             else:
                 value = self.typed(node, setting_key, _PARAM_TYPES[name])
             if value is not _INVALID:
@@ -1047,8 +1095,15 @@ class _Loader:
 
     def output_format(self, node: yaml.Node, key: str) -> object:
         value = self.scalar(node)
-        if isinstance(value, str) and value.lower() in ("jpg", "jpeg", "png", "webp", "same"):
-            return "jpeg" if value.lower() == "jpg" else value.lower()
+        if isinstance(value, str) and value.lower() == "same":
+            return "same"
+        if isinstance(value, str):
+            # An extension names its format too (`jpg`), in any case.
+            row = formats.by_extension(value)
+            if row is None and value.lower() in OUTPUT_FORMATS:
+                row = formats.by_name(value)
+            if row is not None and row.writable:
+                return row.name
         return self.choice(node, key, OUTPUT_FORMATS)
 
     # -- values

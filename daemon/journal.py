@@ -695,16 +695,16 @@ class Journal:
             )
             return [_job(r) for r in rows]
 
-    def reusable_output(self, fingerprint: str, style: str, settings_hash: str) -> str | None:
-        """The output of a done job with this content, style and settings, newest first: a folder
-        renamed after its photos were done gets copies of the artworks, not new computations."""
+    def reusable(self, fingerprint: str, style: str, settings_hash: str) -> Job | None:
+        """The newest done job with this content, style and settings: a folder renamed after its
+        photos were done gets copies of the artworks, not new computations."""
         with self._read() as cur:
-            rows = cur.execute(
-                "SELECT output FROM jobs WHERE fingerprint = ? AND style = ? AND settings_hash = ?"
-                " AND state = ? ORDER BY updated DESC, id DESC",
+            row = cur.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE fingerprint = ? AND style = ?"
+                " AND settings_hash = ? AND state = ? ORDER BY updated DESC, id DESC LIMIT 1",
                 (fingerprint, style, settings_hash, JobState.DONE.value),
-            ).fetchall()
-        return str(rows[0][0]) if rows else None
+            ).fetchone()
+        return None if row is None else _job(row)
 
     def queued_count(self) -> int:
         with self._read() as cur:

@@ -15,6 +15,7 @@ from wcmatch import fnmatch as wcfnmatch
 from wcmatch import glob as wcglob
 
 from daemon.config import BUILTIN_IGNORES, MATCH_FLAGS, NAME_FLAGS, Config, Rule
+from engine.metadata import Credit
 from engine.params import StyleParams, StyleSpec
 
 
@@ -41,8 +42,10 @@ class PlannedOutput:
     style: StyleSpec
     params: StyleParams
     relpath: PurePosixPath  # inside the output folder
-    format: str  # Pillow's name: "JPEG", "PNG" or "WEBP"
+    format: str  # Pillow's name of a writable format (engine.formats): "JPEG", "AVIF", ...
     quality: int
+    metadata: str = "private"  # what the output keeps of the photo's (engine.metadata)
+    credit: Credit | None = None  # the painting's, from the style
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ def plan(rule: Rule, relpath: PurePosixPath) -> Plan | Ignored:
                 relpath=out,
                 format=pillow_format,
                 quality=target.settings.output.quality,
+                metadata=target.settings.output.metadata,
+                credit=target.credit,
             )
         )
     return Plan(rule.index, rule, tuple(outputs))

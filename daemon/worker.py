@@ -168,7 +168,7 @@ class Worker:
             item = self._prepare(config, job)
             if item is not None:
                 items.append(item)
-        items = [item for item in items if not self._reuse(config, item.job)]
+        items = [item for item in items if not self._reuse(config, item.job, item.planned)]
         if not items:
             return
         planned = items[0].planned
@@ -296,6 +296,9 @@ class Worker:
             planned.format,
             quality=planned.quality,
             metadata=item.decoded.metadata,
+            style=planned.style_name,
+            credit=planned.credit,
+            policy=planned.metadata,
         )
         claimed = self._deliver(config, job, data)
         if claimed is None:
@@ -325,16 +328,17 @@ class Worker:
             )
         )
 
-    def _reuse(self, config: Config, job: Job) -> bool:
+    def _reuse(self, config: Config, job: Job, planned: rules.PlannedOutput) -> bool:
         """Deliver the artwork a done job already made of the same content in the same style and
         settings (a folder renamed after its photos were done) as a copy; False to compute it.
 
         A copy, not a hard link: each mirrored output stays a file of its own that people can
         edit or delete without touching the other.
         """
-        previous = self._journal.reusable_output(job.fingerprint, job.style, job.settings_hash)
-        if previous is None:
+        done = self._journal.reusable(job.fingerprint, job.style, job.settings_hash)
+        if done is None or not _same_metadata(config, done, planned):
             return False
+        previous = done.output
         try:
             data = _read_regular(config.output / previous)
         except OSError:
@@ -482,6 +486,17 @@ class Worker:
                     job=job.id, source=job.source, style=job.style, kind=kind, error=str(exc)
                 )
             )
+
+
+def _same_metadata(config: Config, done: Job, planned: rules.PlannedOutput) -> bool:
+    """Whether the earlier artwork carries the metadata this output would: the metadata policy
+    and the credit are not part of the settings' identity (changing them must not requeue
+    anything), so an artwork made under another policy is made anew rather than copied."""
+    before = still_planned(config, done)
+    return before is not None and (before.metadata, before.credit) == (
+        planned.metadata,
+        planned.credit,
+    )
 
 
 def _read_regular(path: Path) -> bytes:

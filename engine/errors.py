@@ -15,7 +15,8 @@ class BadImageError(EngineError):
     """A photo or painting that cannot be used: retrying will not help.
 
     `reason` is a short stable code for logs and the journal: empty, not_an_image, truncated,
-    too_large, corrupt, unreadable.
+    too_large, corrupt, unreadable, unsupported_format (a format whose optional decoder is not
+    installed: the message names the package to install).
     """
 
     def __init__(self, message: str, *, reason: str) -> None:

@@ -464,7 +464,7 @@ def test_watch_defaults_and_extension_normalisation(tmp_path: Path) -> None:
         settle_seconds=2.0,
         rescan_interval=300.0,
         recursive=True,
-        extensions=("jpg", "jpeg", "png", "webp", "tif", "tiff"),
+        extensions=("jpg", "jpeg", "png", "webp", "avif", "heic", "heif", "hif", "tif", "tiff"),
         ignore=(),
     )
     config = load_text(

@@ -581,13 +581,15 @@ def test_waiting_lists_queued_jobs_with_their_trouble(journal: Journal) -> None:
     assert (waiting.id, waiting.last_error, waiting.state) == (job.id, "EACCES", JobState.QUEUED)
 
 
-def test_reusable_output_finds_the_same_content_done_in_the_same_style(journal: Journal) -> None:
+def test_reusable_finds_the_same_content_done_in_the_same_style(journal: Journal) -> None:
     journal.enqueue(spec("old/a.jpg", fingerprint="same"))
     (job,) = journal.take(1, now=2e9)
     journal.mark_done(job.id, "old/a.jpg")
-    assert journal.reusable_output("same", "starry", "s1") == "old/a.jpg"
-    assert journal.reusable_output("same", "starry", "other-settings") is None
-    assert journal.reusable_output("other", "starry", "s1") is None
+    found = journal.reusable("same", "starry", "s1")
+    assert found is not None
+    assert (found.source, found.output) == ("old/a.jpg", "old/a.jpg")
+    assert journal.reusable("same", "starry", "other-settings") is None
+    assert journal.reusable("other", "starry", "s1") is None
 
 
 def test_lost_says_when_the_state_folder_is_removed_or_the_journal_replaced(

@@ -152,6 +152,9 @@ def test_extensions_and_globs_ignore_case(minimal: Config) -> None:
         ("x.jpeg", "JPEG", "x.jpeg"),
         ("x.tif", "JPEG", "x.jpg"),  # not an output format: JPEG
         ("x.TIFF", "JPEG", "x.jpg"),
+        ("x.avif", "AVIF", "x.avif"),
+        ("IMG_1.HEIC", "JPEG", "IMG_1.jpg"),  # read, not written: JPEG
+        ("x.heif", "JPEG", "x.jpg"),
     ],
 )
 def test_same_format_keeps_the_photos_format_when_it_can(
@@ -161,7 +164,7 @@ def test_same_format_keeps_the_photos_format_when_it_can(
     assert (output.format, output.relpath.as_posix()) == (fmt, out)
 
 
-@pytest.mark.parametrize("name", ["x.gif", "x.txt", "README", "x.jpg.bak", "x.heic"])
+@pytest.mark.parametrize("name", ["x.gif", "x.txt", "README", "x.jpg.bak", "x.heics"])
 def test_other_extensions_are_ignored(minimal: Config, name: str) -> None:
     decision = decide(minimal, PurePosixPath(name))
     assert isinstance(decision, Ignored)

@@ -6,6 +6,7 @@ loop or unbounded memory.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import resource
@@ -115,7 +116,15 @@ def failed(daemon: Daemon) -> dict[str, str]:
 
 # ---- the decoder, fuzzed in-process ------------------------------------------------------------
 
-REASONS = {"empty", "not_an_image", "truncated", "too_large", "corrupt", "unreadable"}
+REASONS = {
+    "empty",
+    "not_an_image",
+    "truncated",
+    "too_large",
+    "corrupt",
+    "unreadable",
+    "unsupported_format",  # a HEIC where the heic extra is not installed
+}
 # A tight pixel limit keeps each legitimate decode to a few MB, so any case that allocates much
 # more got past the header check: the RSS high-water mark below would show it.
 FUZZ_MAX_PIXELS = 2_000_000
@@ -147,6 +156,7 @@ def seeds() -> dict[str, bytes]:
         ("PNG", base.convert("I;16"), {}),
         ("GIF", base.convert("P"), {"save_all": True, "append_images": [base.convert("P")]}),
         ("WEBP", base, {"exif": exif.tobytes()}),
+        ("AVIF", base, {"exif": exif.tobytes(), "quality": 80}),
         ("TIFF", base, {"compression": "tiff_lzw", "exif": exif}),
         ("BMP", base, {}),
         ("ICO", base, {}),
@@ -166,6 +176,32 @@ def seeds() -> dict[str, bytes]:
         except (OSError, KeyError, ValueError):
             continue  # this Pillow build cannot write it: fuzz the others
         made[f"{fmt}-{picture.mode}"] = buffer.getvalue()
+    made.update(heic_seeds(base, exif))
+    return made
+
+
+def heic_seeds(base: Image.Image, exif: Image.Exif) -> dict[str, bytes]:
+    """HEICs as phones write them (8 and 10 bits, EXIF, XMP, a second picture), made with
+    pillow-heif (a test dependency: the decoder stylewatch uses cannot write)."""
+    if importlib.util.find_spec("pi_heif") is None:
+        return {}  # no decoder: the seeds would not decode
+    try:
+        import pillow_heif
+    except ImportError:
+        return {}
+    if not pillow_heif.libheif_info()["HEIF"]:
+        return {}
+    made = {}
+    heif = pillow_heif.from_pillow(base)
+    heif.add_from_pillow(base.convert("L").convert("RGB"))
+    buffer = io.BytesIO()
+    xmp = b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>"
+    heif.save(buffer, quality=60, exif=exif.tobytes(), xmp=xmp)
+    made["HEIF-RGB"] = buffer.getvalue()
+    deep = pillow_heif.from_bytes("RGB;16", base.size, base.convert("RGB").tobytes() * 2)
+    buffer = io.BytesIO()
+    deep.save(buffer, quality=60)
+    made["HEIF-10bit"] = buffer.getvalue()
     return made
 
 
@@ -258,6 +294,9 @@ def test_a_format_variant_pillow_cannot_read_is_rejected_not_raised() -> None:
 def test_every_seed_decodes() -> None:
     """The fuzz starts from good files: each one must decode, or the damage proves nothing."""
     assert len(SEEDS) >= 12, sorted(SEEDS)
+    assert "AVIF-RGB" in SEEDS
+    if importlib.util.find_spec("pi_heif") and importlib.util.find_spec("pillow_heif"):
+        assert {"HEIF-RGB", "HEIF-10bit"} <= set(SEEDS)
     assert {name: decode_cleanly(data) for name, data in SEEDS.items()} == dict.fromkeys(
         SEEDS, "ok"
     )

@@ -1,7 +1,8 @@
-"""engine.images: every odd photo decodes to the right upright sRGB picture; bad files say why.
+"""engine.images, decoding: every odd photo decodes to the right upright sRGB picture; bad files
+say why.
 
-Test pictures are made here with Pillow (and, for colour profiles, a small ICC writer below), so
-the expected pixel values are known exactly.
+Test pictures are made with Pillow (tests/imaging.py, with a small ICC writer for colour profiles),
+so the expected pixel values are known exactly.
 """
 
 from __future__ import annotations
@@ -9,188 +10,40 @@ from __future__ import annotations
 import errno
 import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import structlog
-from PIL import ExifTags, Image, ImageCms, ImageFile
+from imaging import (
+    BLUE,
+    GREEN,
+    LOSSY,
+    ORIENTATIONS,
+    RED,
+    SAMPLES,
+    SRGB_PROFILE,
+    SWAPPED_PROFILE,
+    WHITE,
+    YELLOW,
+    assert_close,
+    camera_exif,
+    cmyk_profile,
+    corner,
+    exif_of,
+    grey_profile,
+    marked,
+    pixel,
+    png_chunk,
+    png_file,
+    quadrants,
+    save,
+)
+from PIL import ExifTags, Image, ImageFile
 
 from engine import images
 from engine.errors import BadImageError
-from engine.images import Metadata, decode, encode, format_for_suffix, resize_long_edge
-
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-
-RED = (230, 20, 20)
-GREEN = (20, 200, 40)
-BLUE = (30, 40, 220)
-YELLOW = (240, 220, 30)
-WHITE = (255, 255, 255)
-LOSSY = {"JPEG", "WEBP"}
-DATE = "2024:05:06 07:08:09"
-
-
-def save(image: Image.Image, path: Path, fmt: str | None = None, **params: object) -> Path:
-    image.save(path, fmt, **params)
-    return path
-
-
-def quadrants(width: int = 64, height: int = 48) -> Image.Image:
-    """Red, green / blue, yellow quadrants: a picture whose every region has a known colour."""
-    image = Image.new("RGB", (width, height))
-    w, h = width // 2, height // 2
-    for box, colour in (
-        ((0, 0, w, h), RED),
-        ((w, 0, width, h), GREEN),
-        ((0, h, w, height), BLUE),
-        ((w, h, width, height), YELLOW),
-    ):
-        image.paste(colour, box)
-    return image
-
-
-def assert_close(actual: tuple[int, ...], expected: tuple[int, ...], tolerance: int) -> None:
-    assert len(actual) == len(expected)
-    assert all(abs(a - e) <= tolerance for a, e in zip(actual, expected, strict=True)), (
-        f"{actual} is not within {tolerance} of {expected}"
-    )
-
-
-def pixel(image: Image.Image, x: int, y: int) -> tuple[int, ...]:
-    value = image.getpixel((x, y))
-    assert isinstance(value, tuple)
-    return value
-
-
-def exif_of(data: bytes) -> Image.Exif:
-    exif = Image.Exif()
-    exif.load(data)
-    return exif
-
-
-def camera_exif(orientation: int = 1) -> Image.Exif:
-    exif = Image.Exif()
-    exif[ExifTags.Base.Make] = "TestCam"
-    exif[ExifTags.Base.Model] = "Model 7"
-    exif[ExifTags.Base.Orientation] = orientation
-    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = DATE
-    return exif
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-def png_file(width: int, height: int, bit_depth: int, colour_type: int, rows: bytes) -> bytes:
-    """A PNG written by hand: Pillow cannot write 16-bit RGB, and a bomb needs only a header."""
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(rows))
-        + png_chunk(b"IEND", b"")
-    )
-
-
-# --- a minimal ICC v2 profile writer (header, tag table, XYZ / curve / desc / lut8 tags) -------
-
-D50 = (0.9642, 1.0, 0.8249)
-# sRGB's primaries adapted to D50, as the sRGB profile lists them.
-SRGB_RED = (0.4361, 0.2225, 0.0139)
-SRGB_GREEN = (0.3851, 0.7169, 0.0971)
-SRGB_BLUE = (0.1431, 0.0606, 0.7141)
-
-
-def s15(value: float) -> bytes:
-    return struct.pack(">i", round(value * 65536))
-
-
-def xyz_tag(xyz: tuple[float, float, float]) -> bytes:
-    return b"XYZ \0\0\0\0" + b"".join(s15(v) for v in xyz)
-
-
-def gamma_tag(gamma: float) -> bytes:
-    return b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256))
-
-
-def desc_tag(text: str) -> bytes:
-    ascii_text = text.encode() + b"\0"
-    return b"desc\0\0\0\0" + struct.pack(">I", len(ascii_text)) + ascii_text + bytes(78)
-
-
-def icc_profile(device: bytes, space: bytes, pcs: bytes, tags: dict[bytes, bytes]) -> bytes:
-    table_end = 128 + 4 + 12 * len(tags)
-    entries, body = b"", b""
-    for signature, data in tags.items():
-        padded = data + bytes(-len(data) % 4)
-        entries += signature + struct.pack(">II", table_end + len(body), len(data))
-        body += padded
-    header = struct.pack(
-        ">I4sI4s4s4s", table_end + len(body), b"none", 0x02100000, device, space, pcs
-    )
-    header += bytes(12) + b"acsp" + bytes(28) + b"".join(s15(v) for v in D50)
-    header += bytes(128 - len(header))
-    return header + struct.pack(">I", len(tags)) + entries + body
-
-
-def rgb_profile(
-    name: str, red: tuple[float, float, float], blue: tuple[float, float, float]
-) -> bytes:
-    """A matrix/gamma-2.2 RGB display profile with the given red and blue primaries."""
-    return icc_profile(
-        b"mntr",
-        b"RGB ",
-        b"XYZ ",
-        {
-            b"desc": desc_tag(name),
-            b"wtpt": xyz_tag(D50),
-            b"rXYZ": xyz_tag(red),
-            b"gXYZ": xyz_tag(SRGB_GREEN),
-            b"bXYZ": xyz_tag(blue),
-            b"rTRC": gamma_tag(2.2),
-            b"gTRC": gamma_tag(2.2),
-            b"bTRC": gamma_tag(2.2),
-        },
-    )
-
-
-def grey_profile(name: str, gamma: float) -> bytes:
-    return icc_profile(
-        b"mntr",
-        b"GRAY",
-        b"XYZ ",
-        {b"desc": desc_tag(name), b"wtpt": xyz_tag(D50), b"kTRC": gamma_tag(gamma)},
-    )
-
-
-def cmyk_profile(name: str) -> bytes:
-    """A printer profile whose cyan ink prints red: white paper stays white, K gives neutral black.
-
-    The naive CMYK conversion turns cyan ink into cyan, so a red result proves the profile was
-    applied. A2B0 is a lut8 over a 2x2x2x2 grid of Lab values.
-    """
-    identity = bytes(range(256))
-    grid = b""
-    for c in (0, 1):
-        for m in (0, 1):
-            for y in (0, 1):
-                for k in (0, 1):
-                    lightness = 100 * (1 - k) * (1 - 0.4 * c) * (1 - 0.3 * m) * (1 - 0.1 * y)
-                    grid += bytes([round(lightness * 255 / 100), 128 + 60 * c * (1 - k), 128])
-    matrix = b"".join(s15(1.0 if i % 4 == 0 else 0.0) for i in range(9))
-    lut = b"mft1\0\0\0\0" + bytes([4, 3, 2, 0]) + matrix + identity * 4 + grid + identity * 3
-    return icc_profile(
-        b"prtr", b"CMYK", b"Lab ", {b"desc": desc_tag(name), b"wtpt": xyz_tag(D50), b"A2B0": lut}
-    )
-
-
-SWAPPED_PROFILE = rgb_profile("Swapped primaries", red=SRGB_BLUE, blue=SRGB_RED)
-SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-
+from engine.images import decode, resize_long_edge
 
 # --- formats ------------------------------------------------------------------------------------
 
@@ -271,35 +124,8 @@ def test_decode_does_not_touch_the_source(tmp_path: Path, fmt: str, suffix: str)
     assert path.stat().st_mtime_ns == stat.st_mtime_ns
 
 
+
 # --- EXIF orientation ---------------------------------------------------------------------------
-
-# Per the EXIF specification: where the stored picture's first pixel (x=0, y=0) and the end of its
-# first row (x=w-1, y=0) are shown, and whether width and height swap.
-ORIENTATIONS = [
-    (1, "top-left", "top-right", False),
-    (2, "top-right", "top-left", False),
-    (3, "bottom-right", "bottom-left", False),
-    (4, "bottom-left", "bottom-right", False),
-    (5, "top-left", "bottom-left", True),
-    (6, "top-right", "bottom-right", True),
-    (7, "bottom-right", "top-right", True),
-    (8, "bottom-left", "top-left", True),
-]
-
-
-def corner(image: Image.Image, where: str) -> tuple[int, ...]:
-    width, height = image.size
-    x = 2 if where.endswith("left") else width - 3
-    y = 2 if where.startswith("top") else height - 3
-    return pixel(image, x, y)
-
-
-def marked(width: int, height: int) -> Image.Image:
-    """Grey, with a red block at the first pixel and a green one at the end of the first row."""
-    image = Image.new("RGB", (width, height), (128, 128, 128))
-    image.paste(RED, (0, 0, 8, 8))
-    image.paste(GREEN, (width - 8, 0, width, 8))
-    return image
 
 
 @pytest.mark.parametrize(("orientation", "first", "row_end", "swapped"), ORIENTATIONS)
@@ -818,211 +644,7 @@ def test_max_pixels_must_be_positive() -> None:
         decode(png_bytes(), max_pixels=0)
 
 
-# --- metadata -----------------------------------------------------------------------------------
-
-
-def exif_with_thumbnail(thumbnail: bytes) -> bytes:
-    """Camera-style EXIF: IFD0 (with orientation 6) chained to IFD1, which holds a thumbnail.
-
-    Pillow writes no IFD1, so it is appended by hand to the TIFF block Pillow writes.
-    """
-    tiff = bytearray(camera_exif(orientation=6).tobytes()[6:])
-    order = "<" if tiff[:2] == b"II" else ">"
-    (count,) = struct.unpack_from(order + "H", tiff, 8)
-    next_pointer = 8 + 2 + 12 * count
-    tiff += bytes(len(tiff) % 2)
-    ifd1 = len(tiff)
-    struct.pack_into(order + "I", tiff, next_pointer, ifd1)
-    thumbnail_at = ifd1 + 2 + 2 * 12 + 4
-    tiff += struct.pack(order + "H", 2)
-    tiff += struct.pack(order + "HHII", 0x0201, 4, 1, thumbnail_at)  # JPEGInterchangeFormat
-    tiff += struct.pack(order + "HHII", 0x0202, 4, 1, len(thumbnail))  # ...Length
-    tiff += struct.pack(order + "I", 0) + thumbnail
-    return b"Exif\0\0" + bytes(tiff)
-
-
-def test_exif_keeps_the_camera_and_date_but_not_the_thumbnail(tmp_path: Path) -> None:
-    thumb = io.BytesIO()
-    Image.new("RGB", (40, 30), GREEN).save(thumb, "JPEG")
-    exif = exif_with_thumbnail(thumb.getvalue())
-    assert exif_of(exif).get_ifd(ExifTags.IFD.IFD1)  # the source really has one
-    path = save(marked(64, 32), tmp_path / "camera.jpg", exif=exif)
-
-    decoded = decode(path)
-
-    assert decoded.metadata.exif is not None
-    kept = exif_of(decoded.metadata.exif)
-    assert kept[ExifTags.Base.Make] == "TestCam"
-    assert kept[ExifTags.Base.Orientation] == 1
-    assert kept.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] == DATE
-    assert kept.get_ifd(ExifTags.IFD.IFD1) == {}
-    assert thumb.getvalue()[:200] not in decoded.metadata.exif
-    assert decoded.image.size == (32, 64)
-
-
-def test_tiff_layout_tags_do_not_become_exif(tmp_path: Path) -> None:
-    path = save(quadrants(), tmp_path / "scan.tif", exif=camera_exif())
-
-    exif = decode(path).metadata.exif
-
-    assert exif is not None
-    kept = exif_of(exif)
-    assert kept[ExifTags.Base.Model] == "Model 7"
-    for tag in (ExifTags.Base.ImageWidth, ExifTags.Base.StripOffsets, ExifTags.Base.Compression):
-        assert tag not in kept
-
-
-def test_exif_forgets_the_old_size_and_colour_space(tmp_path: Path) -> None:
-    exif = camera_exif()
-    details = exif.get_ifd(ExifTags.IFD.Exif)
-    details[ExifTags.Base.ExifImageWidth] = 6000
-    details[ExifTags.Base.ExifImageHeight] = 4000
-    details[ExifTags.Base.ColorSpace] = 0xFFFF  # "uncalibrated", as Adobe RGB cameras write
-    path = save(quadrants(), tmp_path / "wide.jpg", exif=exif, icc_profile=SWAPPED_PROFILE)
-
-    kept = exif_of(decode(path).metadata.exif or b"").get_ifd(ExifTags.IFD.Exif)
-
-    assert ExifTags.Base.ExifImageWidth not in kept
-    assert ExifTags.Base.ExifImageHeight not in kept
-    assert kept[ExifTags.Base.ColorSpace] == 1  # the pixels are sRGB now
-    assert kept[ExifTags.Base.DateTimeOriginal] == DATE
-
-
-def test_an_orientation_alone_is_no_exif_worth_keeping(tmp_path: Path) -> None:
-    exif = Image.Exif()
-    exif[ExifTags.Base.Orientation] = 3
-    path = save(marked(64, 32), tmp_path / "bare.jpg", quality=95, exif=exif)
-
-    decoded = decode(path)
-
-    assert decoded.metadata.exif is None
-    assert_close(corner(decoded.image, "bottom-right"), RED, 12)
-
-
-@pytest.mark.parametrize(("fmt", "suffix"), [("PNG", ".png"), ("JPEG", ".jpg"), ("BMP", ".bmp")])
-def test_no_exif_gives_none(tmp_path: Path, fmt: str, suffix: str) -> None:
-    assert decode(save(quadrants(), tmp_path / f"plain{suffix}", fmt)).metadata.exif is None
-
-
-def test_corrupt_exif_is_dropped_and_the_photo_kept(tmp_path: Path) -> None:
-    broken = b"Exif\0\0II*\0\x08\0\0\0\xff\xff\x01"  # an IFD claiming 65535 entries
-    path = save(quadrants(), tmp_path / "odd.jpg", quality=95, exif=broken)
-
-    with structlog.testing.capture_logs() as logs:
-        decoded = decode(path)
-
-    assert_close(pixel(decoded.image, 8, 8), RED, 12)
-    assert decoded.metadata.exif is None
-    # Pillow's warning about it is logged, not raised (pytest turns warnings into errors).
-    assert any(entry["event"] == "image_decode_warning" for entry in logs)
-
-
-# --- encode -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("fmt", "tolerance"), [("JPEG", 12), ("PNG", 0), ("WEBP", 12)])
-def test_encode_round_trips_pixels_exif_and_profile(
-    tmp_path: Path, fmt: str, tolerance: int
-) -> None:
-    source = save(marked(64, 32), tmp_path / "camera.jpg", quality=95, exif=camera_exif(6))
-    decoded = decode(source)
-
-    data = encode(decoded.image, fmt, quality=95, metadata=decoded.metadata)
-    again = decode(data)
-
-    assert again.metadata.format == fmt
-    # Upright once, not turned a second time by a stale orientation tag.
-    assert again.image.size == decoded.image.size == (32, 64)
-    assert_close(corner(again.image, "top-right"), RED, tolerance + 12)
-    assert again.metadata.exif is not None
-    kept = exif_of(again.metadata.exif)
-    assert kept[ExifTags.Base.Orientation] == 1
-    assert kept.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] == DATE
-    with Image.open(io.BytesIO(data)) as written:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(written.info["icc_profile"])).profile
-        assert profile.profile_description == "sRGB built-in"
-        assert profile.xcolor_space == "RGB "
-        assert written.getexif()[ExifTags.Base.Orientation] == 1
-    difference = np.abs(
-        np.asarray(again.image, dtype=np.int16) - np.asarray(decoded.image, dtype=np.int16)
-    )
-    assert difference.max() <= tolerance + 40
-    assert difference.mean() <= tolerance / 4 + 0.01
-
-
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "jpeg", "webp"])
-def test_encode_without_metadata(fmt: str) -> None:
-    data = encode(quadrants(), fmt)
-
-    decoded = decode(data)
-
-    assert decoded.metadata.format == fmt.upper()
-    assert decoded.metadata.exif is None
-    assert_close(pixel(decoded.image, 8, 8), RED, 12)
-
-
-def test_jpeg_quality_changes_the_size() -> None:
-    noise = Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8))
-
-    assert len(encode(noise, "JPEG", quality=30)) < len(encode(noise, "JPEG", quality=95))
-    assert len(encode(noise, "WEBP", quality=30)) < len(encode(noise, "WEBP", quality=95))
-
-
-@pytest.mark.parametrize(
-    ("fmt", "quality", "mode", "match"),
-    [
-        ("GIF", 92, "RGB", "cannot encode"),
-        ("TIFF", 92, "RGB", "cannot encode"),
-        ("", 92, "RGB", "cannot encode"),
-        ("JPEG", 0, "RGB", "quality"),
-        ("JPEG", 101, "RGB", "quality"),
-        ("PNG", -5, "RGB", "quality"),
-        ("JPEG", True, "RGB", "quality"),
-        ("JPEG", 92, "RGBA", "RGB"),
-        ("PNG", 92, "L", "RGB"),
-    ],
-)
-def test_encode_refuses_bad_arguments(fmt: str, quality: int, mode: str, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        encode(Image.new(mode, (4, 4)), fmt, quality=quality)
-
-
-def test_overlong_exif_is_dropped_rather_than_failing_the_jpeg(tmp_path: Path) -> None:
-    exif = camera_exif()
-    exif[ExifTags.Base.ImageDescription] = "x" * 70_000  # over a JPEG marker's 64 KiB
-    path = save(quadrants(), tmp_path / "long.png", exif=exif)
-
-    with structlog.testing.capture_logs() as logs:
-        decoded = decode(path)
-    data = encode(decoded.image, "JPEG", metadata=decoded.metadata)
-
-    assert decoded.metadata.exif is None
-    assert decode(data).image.size == (64, 48)
-    assert [entry["event"] for entry in logs] == ["exif_dropped"]
-
-
-def test_metadata_is_a_frozen_value() -> None:
-    metadata = Metadata(format="JPEG", size=(3, 2), exif=None)
-    with pytest.raises(AttributeError):
-        metadata.size = (1, 1)  # type: ignore[misc]
-    assert metadata == Metadata(format="JPEG", size=(3, 2), exif=None)
-
-
 # --- small helpers ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("suffix", "fmt"),
-    [(".jpg", "JPEG"), (".jpeg", "JPEG"), (".JPG", "JPEG"), (".png", "PNG"), (".webp", "WEBP")],
-)
-def test_format_for_suffix(suffix: str, fmt: str) -> None:
-    assert format_for_suffix(suffix) == fmt
-
-
-@pytest.mark.parametrize("suffix", [".gif", ".tif", ".heic", "", ".jpg.bak"])
-def test_format_for_unknown_suffix(suffix: str) -> None:
-    with pytest.raises(ValueError, match="cannot write"):
-        format_for_suffix(suffix)
 
 
 @pytest.mark.parametrize(
