@@ -370,3 +370,21 @@ def test_web_hooks_and_metrics_settings_are_read(setup: Setup) -> None:
     assert config.hooks.timeout_seconds == 5
     assert config.metrics.textfile == setup.root / "state.prom"
     assert config.metrics.interval_seconds == 60
+
+
+def test_state_lists_photos_waiting_after_passing_trouble(setup: Setup) -> None:
+    job = setup.job("booth1/w.jpg", outcome="running")
+    setup.journal.mark_failed(
+        job.id,
+        "No space left on device",
+        "io",
+        permanent=False,
+        retry_at=time.time() + 30,
+        transient=True,
+    )
+    setup.job("booth1/plain.jpg", outcome="queued")  # queued, no trouble: not listed
+    with setup.client() as client:
+        (waiting,) = client.get("/api/state").json()["waiting"]
+    assert (waiting["source"], waiting["kind"]) == ("booth1/w.jpg", "io")
+    assert waiting["error"] == "No space left on device"
+    assert 0 < waiting["retry_in"] <= 30

@@ -182,6 +182,10 @@ def create_app(
             reverse=True,
         )
         queued = [job.created for job in jobs if job.state is JobState.QUEUED]
+        # Queued after trouble that can pass (a full disk, a share away): shown with the reason.
+        waiting = [job for job in jobs if job.state is JobState.QUEUED and job.last_error][
+            :FAILURES
+        ]
         failures = sorted(
             (job for job in jobs if job.state is JobState.FAILED),
             key=lambda job: (job.updated, job.id),
@@ -215,6 +219,15 @@ def create_app(
                         "attempts": job.attempts,
                     }
                     for job in failures
+                ],
+                "waiting": [
+                    {
+                        **_job_summary(job, False),
+                        "kind": job.error_kind,
+                        "error": job.last_error,
+                        "retry_in": round(max(0.0, job.not_before - now), 1),
+                    }
+                    for job in waiting
                 ],
                 "per_hour": {"start": start, "counts": per_hour},
             },

@@ -59,6 +59,16 @@
     $("queue").textContent = queued
       ? `${queued} waiting, the oldest for ${age(s.oldest_queued_seconds || 0)}`
       : "nothing waiting";
+    // Photos held back by trouble that can pass, each with its reason and its next try.
+    const waiting = $("waiting");
+    const rows = waiting.querySelector("tbody");
+    rows.replaceChildren();
+    for (const w of s.waiting || []) {
+      const tr = row([w.source, w.style, w.kind || "", w.error || "", `in ${age(w.retry_in || 0)}`]);
+      tr.children[3].className = "error";
+      rows.append(tr);
+    }
+    waiting.hidden = (s.waiting || []).length === 0;
 
     const workers = $("workers").querySelector("tbody");
     workers.replaceChildren();
