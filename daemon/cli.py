@@ -265,11 +265,13 @@ def _check(args: argparse.Namespace) -> int:
     try:
         weights = resolve_weights(engine.weights, engine.preprocess, download=False)
         sys.stdout.write(f"weights: {weights}\n")
-    except errors.WeightsError as exc:
+    except errors.WeightsError:
+        missing = _missing_weights(args.config, engine)
         if engine.download and engine.weights is None:
-            sys.stdout.write(f"weights: not there yet; `stylewatch run` downloads them ({exc})\n")
+            # Whether the download will work is known only by trying it; check stays offline.
+            sys.stderr.write(f"stylewatch: warning: {missing}\n")
         else:
-            problems.append(str(exc))
+            problems.append(missing)
     sys.stdout.write(f"input: {config.input}\noutput: {config.output}\nstate: {config.state}\n")
     for rule in config.rules:
         for target in rule.targets:
@@ -282,6 +284,29 @@ def _check(args: argparse.Namespace) -> int:
         raise CliError("\n".join(problems), ExitCode.CONFIG)
     sys.stdout.write("config OK\n")
     return ExitCode.OK
+
+
+def _missing_weights(config_path: Path, engine: engine_params.EngineConfig) -> str:
+    """What `check` says when the checkpoint is not there: what happens next and how to fix it."""
+    from engine import vgg
+
+    known = vgg.KNOWN_CHECKPOINTS[engine.preprocess]
+    if engine.weights is not None:
+        path = Path(engine.weights).expanduser()
+        why = "engine.weights names it, so it is never downloaded"
+    else:
+        path = vgg.hub_checkpoint_path(engine.preprocess)
+        why = "engine.download is off" if not engine.download else ""
+    fix = (
+        f"run `stylewatch weights fetch -c {config_path}` (it downloads {known.url}), "
+        f"or copy the file to {path}"
+    )
+    if why:
+        return f"VGG19 weights missing at {path} ({why}): {fix}"
+    return (
+        f"VGG19 weights not at {path} yet: a download will be tried at start; "
+        f"without internet access the service cannot start: {fix}"
+    )
 
 
 def _weights_command(args: argparse.Namespace) -> int:
@@ -461,6 +486,13 @@ def _stylize(args: argparse.Namespace) -> int:
         fmt = images.format_for_suffix(args.output.suffix)
     except ValueError as exc:
         raise CliError(f"{args.output}: {exc}", ExitCode.USAGE) from exc
+    # Checked before minutes of work, and never created: a typo in the folder would otherwise
+    # scatter results into new folders.
+    folder = args.output.parent
+    if not folder.is_dir():
+        raise CliError(
+            f"cannot write {args.output}: the folder {folder} does not exist", ExitCode.CANTCREAT
+        )
     if not 1 <= args.quality <= 100:
         raise CliError("--quality must be between 1 and 100", ExitCode.USAGE)
     try:

@@ -308,6 +308,54 @@ def load_config(path: str | Path, *, require_input: bool = True) -> Config:
     return _Loader(shown, Path(path).resolve(), require_input=require_input).load(text)
 
 
+def yaml_syntax_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[int | None, str]:
+    """PyYAML's parser wording ("expected <block end>, but found ...") in plain words, with the
+    line it concerns and a caret under the column: (1-based line, message)."""
+    problem, context = exc.problem or "", exc.context or ""
+    mark = exc.problem_mark or exc.context_mark
+    opened = exc.context_mark
+    if "quoted scalar" in context and opened is not None:
+        mark, words = opened, "this quote is never closed: end the value with the same quote"
+    elif "simple key" in context and opened is not None:
+        mark, words = opened, "this line is not `key: value` (a colon is missing)"
+    elif problem.startswith("found character '\\t'"):
+        words = "a tab character: YAML indents with spaces only"
+    elif problem.startswith("found character"):
+        char = problem.split("'")[1] if problem.count("'") >= 2 else "this character"
+        words = f"a value cannot start with {char!r}: put the value in quotes"
+    elif problem.startswith("mapping values are not allowed"):
+        words = (
+            "a colon where none can be: a key indented deeper than the one above it, or a "
+            "value that contains ': ' (put such a value in quotes)"
+        )
+    elif problem.startswith("expected <block end>"):
+        words = (
+            "this line does not line up with the ones above it: keys (and `- ` items) "
+            "of one section need the same indentation"
+        )
+    elif "<stream end>" in problem:
+        words = "the file ends in the middle of a value: a '[' or '{' is never closed"
+    elif ("flow sequence" in context or "flow mapping" in context) and opened is not None:
+        bracket = "[" if "sequence" in context else "{"
+        words = (
+            f"the {bracket!r} opened on line {opened.line + 1} is not closed here "
+            "(or a comma is missing between its items)"
+        )
+    elif problem.startswith("found undefined alias"):
+        words = f"{problem.split()[-1]} names an anchor (`&name`) that is not defined above it"
+    else:
+        words = problem or context or "syntax error"
+    if mark is None:
+        return None, f"invalid YAML: {words}"
+    lines = text.splitlines()
+    if mark.line >= len(lines):
+        return mark.line + 1, f"invalid YAML: {words} (at the end of the file)"
+    source = lines[mark.line]
+    # Tabs are kept under the line so that the caret stays under its column.
+    pad = "".join(c if c == "\t" else " " for c in source[: mark.column])
+    return mark.line + 1, f"invalid YAML: {words}\n    {source}\n    {pad}^"
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 
@@ -358,10 +406,8 @@ class _Loader:
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = None if mark is None else mark.line + 1
-            what = exc.problem or exc.context or "syntax error"
-            raise ConfigError([Problem(self.shown, line, "", f"invalid YAML: {what}")]) from None
+            line, message = yaml_syntax_problem(exc, text)
+            raise ConfigError([Problem(self.shown, line, "", message)]) from None
         except yaml.YAMLError as exc:
             raise ConfigError([Problem(self.shown, None, "", f"invalid YAML: {exc}")]) from None
         if root is None:

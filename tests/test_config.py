@@ -739,3 +739,47 @@ def test_filesystem_type_of_a_real_folder(tmp_path: Path) -> None:
     assert WatchConfig().resolve_mode(tmp_path) in ("native", "polling")
     if Path("/proc/self/mountinfo").exists():
         assert filesystem_type(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words", "pointer"),
+    [
+        (
+            "input: inbox\noutput: out: box\n",
+            2,
+            "put such a value in quotes",
+            "    output: out: box\n               ^",
+        ),
+        ("input: inbox\nengine:\n\tdevice: cpu\n", 3, "YAML indents with spaces only", "    ^"),
+        (
+            "input: inbox\nengine:\n    device: cpu\n  precision: auto\n",
+            4,
+            "does not line up with the ones above it",
+            "      precision: auto\n      ^",
+        ),
+        (
+            "input: 'inbox\noutput: outbox\n",
+            1,
+            "this quote is never closed",
+            "    input: 'inbox\n           ^",
+        ),
+        ("input: inbox\noutput\nstate: s\n", 2, "a colon is missing", "    output\n    ^"),
+        ("input: [inbox\noutput: x\n", 2, "the '[' opened on line 1 is not closed", "^"),
+        ("input: inbox\nrules: [\n", 3, "the file ends in the middle of a value", ""),
+    ],
+)
+def test_yaml_syntax_errors_in_plain_words_with_a_pointer(
+    tmp_path: Path, text: str, line: int, words: str, pointer: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    assert problem.line == line
+    shown = str(info.value)
+    assert shown.startswith(f"{path}:{line}: invalid YAML: ")
+    assert words in shown
+    assert pointer in shown
+    # PyYAML's own wording stays out of sight.
+    for jargon in ("<block end>", "scanning", "simple key", "token", "flow node"):
+        assert jargon not in shown
