@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument(
         "--precision",
         choices=engine_params.PRECISIONS,
-        default="fp32",
-        help="network precision; auto: bf16 where the hardware runs it natively (default fp32)",
+        default=engine_params.EngineConfig().precision,
+        help="network precision; auto: bf16 where the hardware runs it natively, else fp32 "
+        "(default auto)",
     )
     one.add_argument(
         "--weights", type=Path, help="VGG19 checkpoint file (default: torch's hub cache)"

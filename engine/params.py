@@ -44,7 +44,7 @@ class EngineConfig:
     # Autocast precision of the VGG19 passes; Gram matrices and losses stay in fp32. "auto" takes
     # bf16 where the hardware runs it natively (recent NVIDIA GPUs; CPUs with AVX-512 BF16 or AMX),
     # about twice as fast, and fp32 elsewhere.
-    precision: Precision = "fp32"
+    precision: Precision = "auto"
     # Fetch the checkpoint into the hub cache when it is missing and none was named.
     download: bool = True
     # Style targets kept per process; each entry holds a few Gram matrices (about 1.5 MB).
