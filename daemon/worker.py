@@ -19,6 +19,7 @@ from daemon import rules
 from daemon.config import Config
 from daemon.journal import Job, Journal, backoff_seconds
 from daemon.outputs import write_atomic
+from daemon.progress import BatchProgress, group_weights
 from engine import errors as engine_errors
 from engine import images
 from engine.params import Progress, StyleParams, StyleSpec
@@ -26,7 +27,7 @@ from engine.stylizer import Stylized
 
 log = structlog.get_logger()
 
-PROGRESS_LOG_SECONDS = 10.0  # at most one progress line per job this often
+PROGRESS_LOG_SECONDS = 10.0  # one progress line per batch this often (and at each group's end)
 
 
 class Engine(Protocol):
@@ -138,12 +139,15 @@ class Worker:
             return
         planned = items[0].planned
         started = time.perf_counter()
-        last_log = [0.0]
+        sizes = [i.decoded.image.size for i in items]
+        reporter = BatchProgress(
+            group_weights(sizes, planned.params.size), interval=PROGRESS_LOG_SECONDS
+        )
 
         def progress(p: Progress) -> None:
             self.heartbeat = time.monotonic()
-            if p.step == p.steps or p.seconds - last_log[0] >= PROGRESS_LOG_SECONDS:
-                last_log[0] = p.seconds
+            report = reporter.update(p)
+            if report is not None:
                 log.info(
                     "job_progress",
                     sources=[i.job.source for i in items],
@@ -153,7 +157,9 @@ class Worker:
                     scale=p.scale,
                     size=p.size,
                     loss=round(p.loss, 6),
-                    seconds=round(p.seconds, 1),
+                    seconds=report.seconds,  # since the batch started
+                    percent=report.percent,  # of the whole batch
+                    eta_seconds=report.eta_seconds,
                 )
 
         try:
