@@ -146,12 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watch the input folder and stylize every new photo.",
     )
     _config_argument(run)
-    run.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    run.add_argument(
+        "--log-level", help="debug, info, warning or error (default: the config's logging.level)"
+    )
     run.add_argument(
         "--log-format",
         choices=("auto", "console", "json"),
-        default="auto",
-        help="auto: console on a terminal, JSON lines otherwise (default)",
+        help="auto: console on a terminal, JSON lines otherwise (default: the config's "
+        "logging.format)",
     )
     run.set_defaults(handler=_run)
 
@@ -221,16 +223,26 @@ def _run(args: argparse.Namespace) -> int:
 
     # Outputs and the journal are readable by others but writable only by the service user.
     os.umask(0o022)
-    try:
-        logs.configure(level=args.log_level, renderer=args.log_format)
-    except ValueError as exc:
-        raise CliError(str(exc), ExitCode.USAGE) from exc
+    if args.log_level is not None:
+        try:  # a bad flag is refused before the config is read
+            logs.configure(level=args.log_level)
+        except ValueError as exc:
+            raise CliError(str(exc), ExitCode.USAGE) from exc
     try:
         service = Service(args.config)
     except ConfigError as exc:
         raise CliError(f"invalid config\n{exc}", ExitCode.CONFIG) from exc
     except OSError as exc:
         raise CliError(f"cannot read config {args.config}: {exc}", ExitCode.CONFIG) from exc
+    settings = service.config.logging
+    logs.configure(
+        level=args.log_level or settings.level, renderer=args.log_format or settings.format
+    )
+    if service.config.engine.threads is not None:
+        import torch
+
+        # Before the engine is built: torch sizes its thread pool on first use.
+        torch.set_num_threads(service.config.engine.threads)
     service.install_signal_handlers()
     try:
         service.run()

@@ -28,6 +28,7 @@ from wcmatch import fnmatch as wcfnmatch
 from wcmatch import glob as wcglob
 
 from daemon.errors import ConfigError, Problem
+from daemon.logs import LEVELS, RENDERERS, Renderer
 from engine.params import (
     PRECISIONS,
     PREPROCESSES,
@@ -120,6 +121,17 @@ class EngineSettings:
     # A batch that shows no progress for this long counts as stuck: the service stops answering
     # systemd's watchdog, which restarts it. Far above the slowest step of a legitimate job.
     stuck_seconds: float = 600.0
+    # CPU threads torch computes with; None leaves torch's default (one per physical core).
+    # Lower it to leave cores to other services on the same machine.
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """How `stylewatch run` logs; its --log-level and --log-format win over these."""
+
+    level: str = "info"  # debug | info | warning | error
+    format: Renderer = "auto"  # auto: console on a terminal, JSON lines otherwise (journald)
 
 
 @dataclass(frozen=True)
@@ -234,6 +246,7 @@ class Config:
     styles: Mapping[str, Style] = field(hash=False)
     defaults: Settings
     rules: tuple[Rule, ...]
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,7 +383,18 @@ class _Setting:
 
 
 _Fields = dict[str, tuple[yaml.Node, yaml.Node]]
-_TOP_KEYS = ("input", "output", "state", "watch", "engine", "styles", "defaults", "rules")
+_TOP_KEYS = (
+    "input",
+    "output",
+    "state",
+    "watch",
+    "engine",
+    "styles",
+    "defaults",
+    "rules",
+    "logging",
+)
+_LOGGING_KEYS = ("level", "format")
 _WATCH_KEYS = tuple(f.name for f in dataclasses.fields(WatchConfig))
 _ENGINE_KEYS = (
     "device",
@@ -383,6 +407,7 @@ _ENGINE_KEYS = (
     "stuck_seconds",
     "memory_budget_mb",
     "cuda_graphs",
+    "threads",
 )
 _STYLE_KEYS = ("image", "images")
 _RULE_KEYS = ("match", "styles", "output")
@@ -419,6 +444,7 @@ class _Loader:
         folders = {name: self.folder(top, name, root) for name in ("input", "output", "state")}
         watch = self.watch(top.get("watch"))
         engine = self.engine(top.get("engine"))
+        logging_settings = self.logging(top.get("logging"))
         defaults_layer = self.overrides(
             self.section(top.get("defaults"), "defaults", SETTING_KEYS), "defaults"
         )
@@ -440,6 +466,7 @@ class _Loader:
             styles=MappingProxyType(styles),
             defaults=defaults,
             rules=tuple(rules),
+            logging=logging_settings,
         )
 
     def folder(self, top: _Fields, name: str, root: yaml.Node) -> Path | None:
@@ -541,6 +568,7 @@ class _Loader:
         changes: dict[str, object] = {}
         batch_size: object = 4
         stuck_seconds: object = 600.0
+        threads: object = None
         for name, (_, node) in fields.items():
             key = f"engine.{name}"
             value: object = _INVALID
@@ -575,6 +603,8 @@ class _Loader:
                 batch_size = self.integer(node, key, lambda v: 1 <= v <= 64, "between 1 and 64")
             elif name == "stuck_seconds":
                 stuck_seconds = self.real(node, key, lambda v: v > 0, "a number of seconds > 0")
+            elif name == "threads":
+                threads = self.integer(node, key, lambda v: 1 <= v <= 1024, "between 1 and 1024")
             if value is not _INVALID:
                 changes[name] = value
         try:
@@ -586,7 +616,18 @@ class _Loader:
             engine,
             batch_size if isinstance(batch_size, int) else 4,
             float(stuck_seconds) if isinstance(stuck_seconds, int | float) else 600.0,
+            threads if isinstance(threads, int) else None,
         )
+
+    def logging(self, entry: tuple[yaml.Node, yaml.Node] | None) -> LoggingSettings:
+        fields = self.section(entry, "logging", _LOGGING_KEYS)
+        changes: dict[str, object] = {}
+        for name, (_, node) in fields.items():
+            choices = tuple(LEVELS) if name == "level" else RENDERERS
+            value = self.choice(node, f"logging.{name}", choices)
+            if value is not _INVALID:
+                changes[name] = value
+        return dataclasses.replace(LoggingSettings(), **changes)  # type: ignore[arg-type]
 
     def styles(
         self,

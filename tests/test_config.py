@@ -12,13 +12,14 @@ from harness import MINIMAL
 
 from daemon.config import (
     Config,
+    LoggingSettings,
     WatchConfig,
     filesystem_type,
     load_config,
     parse_mountinfo,
 )
 from daemon.errors import ConfigError, Problem
-from engine.params import StyleImage, StyleParams
+from engine.params import EngineConfig, StyleImage, StyleParams
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -152,6 +153,9 @@ def test_example_config_loads(tmp_path: Path) -> None:
     assert config.watch == WatchConfig()  # the example spells out the defaults
     assert config.defaults.params == StyleParams()
     assert config.engine.batch_size == 4
+    assert config.engine.engine.precision == EngineConfig().precision == "auto"
+    assert config.engine.threads is None  # commented out: all cores
+    assert config.logging == LoggingSettings()
     assert config.rules
     assert all(config.styles[name] for rule in config.rules for name in rule.styles)
 
@@ -783,3 +787,24 @@ def test_yaml_syntax_errors_in_plain_words_with_a_pointer(
     # PyYAML's own wording stays out of sight.
     for jargon in ("<block end>", "scanning", "simple key", "token", "flow node"):
         assert jargon not in shown
+
+
+def test_logging_and_threads_are_read_and_checked(tmp_path: Path) -> None:
+    base = "input: inbox\noutput: outbox\nstate: state\n"
+    base += "styles: {s: {image: styles/starry_night.jpg}}\nrules: [{match: '**', styles: [s]}]\n"
+    config = load_text(
+        tmp_path / "ok", base + "logging: {level: debug, format: json}\nengine: {threads: 3}\n"
+    )
+    assert config.logging == LoggingSettings(level="debug", format="json")
+    assert config.engine.threads == 3
+    path, error = problems(
+        tmp_path / "bad",
+        base + "logging: {level: loud, format: jsno, colour: true}\nengine: {threads: 0}\n",
+    )
+    shown = str(error)
+    assert f"{path}:6: logging.level: 'loud' is not one of debug, info" in shown
+    assert (
+        "logging.format: 'jsno' is not one of auto, console, json (did you mean 'json'?)" in shown
+    )
+    assert "logging.colour: unknown key" in shown
+    assert f"{path}:7: engine.threads: must be between 1 and 1024, got 0" in shown
