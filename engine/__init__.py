@@ -12,7 +12,15 @@ from engine.errors import (
     StyleError,
     WeightsError,
 )
-from engine.params import EngineConfig, LossTerms, Progress, StyleImage, StyleParams, StyleSpec
+from engine.params import (
+    EngineConfig,
+    LossTerms,
+    Progress,
+    Snapshot,
+    StyleImage,
+    StyleParams,
+    StyleSpec,
+)
 from engine.stylizer import Stylized, Stylizer
 
 __all__ = [
@@ -24,6 +32,7 @@ __all__ = [
     "NumericalError",
     "OutOfMemoryError",
     "Progress",
+    "Snapshot",
     "StyleError",
     "StyleImage",
     "StyleParams",

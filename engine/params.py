@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 Device = str  # "auto", "cpu", "cuda", "cuda:1", ...
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -229,6 +233,23 @@ class Progress:
     steps: int  # steps of the whole run
     loss: float
     seconds: float  # since the stylization started
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The state of one photo's optimisation, saved so that an interrupted job can resume.
+
+    Resuming restarts L-BFGS's curvature history; nothing else of the run is lost.
+    """
+
+    index: int  # the photo's position in the batch it was taken from
+    schedule: tuple[tuple[int, int], ...]  # (long edge, steps) per whole-image scale that runs
+    scale: int  # 1-based scale of `schedule` that `image` belongs to
+    step: int  # steps done over the whole run
+    image: Image.Image  # the pixels being optimised: RGB, 8-bit, at that scale's working size
+
+
+SnapshotCallback = Callable[[Snapshot], None]
 
 
 @dataclass(frozen=True)

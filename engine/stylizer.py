@@ -9,10 +9,11 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 from PIL import Image
@@ -22,6 +23,7 @@ from engine import color, losses
 from engine.errors import BadImageError, EngineError, OutOfMemoryError, StyleError
 from engine.images import decode, resize_long_edge
 from engine.optimize import (
+    AfterStep,
     GraphPolicy,
     Objective,
     ProgressCallback,
@@ -29,9 +31,18 @@ from engine.optimize import (
     StopCheck,
     run_scale,
 )
-from engine.params import EngineConfig, LossTerms, StyleParams, StyleSpec
+from engine.params import (
+    EngineConfig,
+    LossTerms,
+    Snapshot,
+    SnapshotCallback,
+    StyleParams,
+    StyleSpec,
+)
 from engine.tiles import Tile, feather, tile_grid
 from engine.vgg import LAYER_INDEX, VGGFeatures, load_vgg19_features, min_input_edge
+
+log = structlog.get_logger()
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Memory of one optimisation pass per pixel of the photo (activations kept for the backward pass,
@@ -62,6 +73,19 @@ class Stylized:
     steps: int
     seconds: float  # wall time of the batch it was part of
     device: str
+
+
+# Told of each photo as soon as it is finished, with its position in the batch.
+ResultCallback = Callable[[int, Stylized], None]
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """Where photos resumed from snapshots start: `step` steps into `schedule`, at `scale`."""
+
+    schedule: tuple[tuple[int, int], ...]
+    scale: int
+    step: int
 
 
 def pick_device(name: str) -> torch.device:
@@ -133,8 +157,16 @@ class Stylizer:
     `stylize_batch()` do the work. Not thread-safe: one worker thread owns it.
     """
 
-    def __init__(self, config: EngineConfig | None = None, *, download_progress: bool = False):
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        download_progress: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.config = config or EngineConfig()
+        # Snapshot intervals and time budgets are measured on this clock; tests inject theirs.
+        self._clock = clock
         self.device = pick_device(self.config.device)
         # The precision in force: "auto" resolved for this device.
         self.precision = resolve_precision(self.config.precision, self.device)
@@ -206,9 +238,21 @@ class Stylizer:
         *,
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
+        on_result: ResultCallback | None = None,
+        snapshot: SnapshotCallback | None = None,
+        snapshot_every: float = 10.0,
+        resume: Mapping[int, Snapshot] | None = None,
     ) -> Stylized:
         return self.stylize_batch(
-            [content], style, params, progress=progress, should_stop=should_stop
+            [content],
+            style,
+            params,
+            progress=progress,
+            should_stop=should_stop,
+            on_result=on_result,
+            snapshot=snapshot,
+            snapshot_every=snapshot_every,
+            resume=resume,
         )[0]
 
     def close(self) -> None:
@@ -228,30 +272,93 @@ class Stylizer:
         *,
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
+        on_result: ResultCallback | None = None,
+        snapshot: SnapshotCallback | None = None,
+        snapshot_every: float = 10.0,
+        resume: Mapping[int, Snapshot] | None = None,
     ) -> list[Stylized]:
         """Stylize photos that share a style; photos of the same working size run as one batch.
 
         With Adam every photo gets exactly the result it would get alone (the losses are sums over
         the batch); with L-BFGS the photos share one curvature history, so results differ slightly.
+
+        `on_result(index, result)` is called as soon as a photo is finished (photos of other
+        working sizes may still be to run), besides the list returned at the end.
+
+        `snapshot` is called every `snapshot_every` seconds of optimisation (checked between
+        steps, never more often), once per photo of the running group, with the pixels being
+        optimised. A photo larger than the memory budget (optimised in tiles) takes none.
+        `resume` maps a photo's index to such a snapshot: that photo starts from its image and
+        runs only what is left of its schedule (L-BFGS's history starts afresh). A snapshot that
+        does not fit the photo (another size, another schedule's end) is ignored, with a warning.
         """
         self._check_layers(params)
         results: list[Stylized | None] = [None] * len(contents)
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[tuple[int, int], _Resume | None], list[int]] = {}
         for index, content in enumerate(contents):
-            groups.setdefault(working_size(content.size, params.size), []).append(index)
+            shape = working_size(content.size, params.size)
+            saved = None if resume is None else resume.get(index)
+            point = None if saved is None else self._resume_point(saved, index, shape, params)
+            # Photos that start at different points cannot share a pass.
+            groups.setdefault((shape, point), []).append(index)
         budget = self.pixel_budget()
-        chunks = []
-        for shape, indices in groups.items():
+        chunks: list[tuple[_Resume | None, list[int]]] = []
+        for (shape, point), indices in groups.items():
             # As many photos per pass as the memory budget holds (at least one: it may tile).
             per_pass = max(1, budget // (shape[0] * shape[1]))
-            chunks += [indices[i : i + per_pass] for i in range(0, len(indices), per_pass)]
-        for indices in chunks:
+            chunks += [(point, indices[i : i + per_pass]) for i in range(0, len(indices), per_pass)]
+        for point, indices in chunks:
+            starts = None
+            if point is not None and resume is not None:
+                starts = [resume[i].image for i in indices]
             images = self._run_group(
-                [contents[i] for i in indices], style, params, progress, should_stop
+                [contents[i] for i in indices],
+                style,
+                params,
+                progress,
+                should_stop,
+                indices=indices,
+                start=point,
+                start_images=starts,
+                snapshot=snapshot,
+                snapshot_every=snapshot_every,
             )
             for index, result in zip(indices, images, strict=True):
                 results[index] = result
+                if on_result is not None:
+                    on_result(index, result)
         return [r for r in results if r is not None]
+
+    def _resume_point(
+        self, saved: Snapshot, index: int, final: tuple[int, int], params: StyleParams
+    ) -> _Resume | None:
+        """Where a snapshot lets photo `index` (`final` its working size) start; None, with a
+        warning, when it does not fit this photo and these settings."""
+        schedule = tuple((int(e), int(n)) for e, n in saved.schedule)
+        problem = None
+        if not schedule or schedule[-1][0] != params.size:
+            end = schedule[-1][0] if schedule else None
+            problem = f"its schedule ends at {end} px, this photo's at {params.size} px"
+        elif not 1 <= saved.scale <= len(schedule):
+            problem = f"scale {saved.scale} is not one of its {len(schedule)} scales"
+        else:
+            before = sum(n for _, n in schedule[: saved.scale - 1])
+            expected = working_size(final, schedule[saved.scale - 1][0])
+            if not before <= saved.step <= before + schedule[saved.scale - 1][1]:
+                problem = f"step {saved.step} is not within scale {saved.scale}"
+            elif saved.image.size != expected:
+                problem = (
+                    f"its image is {saved.image.size[0]}x{saved.image.size[1]}, "
+                    f"the photo at that scale {expected[0]}x{expected[1]}"
+                )
+            elif final[0] * final[1] > self.pixel_budget():
+                problem = "the photo is optimised in tiles, which do not resume"
+        if problem is not None:
+            log.warning(
+                "snapshot_ignored", index=index, reason=problem, effect="the photo starts afresh"
+            )
+            return None
+        return _Resume(schedule, saved.scale, saved.step)
 
     def _run_group(
         self,
@@ -260,6 +367,12 @@ class Stylizer:
         params: StyleParams,
         progress: ProgressCallback | None,
         should_stop: StopCheck | None,
+        *,
+        indices: Sequence[int],
+        start: _Resume | None = None,
+        start_images: Sequence[Image.Image] | None = None,
+        snapshot: SnapshotCallback | None = None,
+        snapshot_every: float = 10.0,
     ) -> list[Stylized]:
         """Photos of one working size, small enough together for the memory budget; a single
         photo larger than the budget is optimised at a size that fits, then refined in tiles."""
@@ -268,7 +381,10 @@ class Stylizer:
         photos = torch.cat(
             [self._to_tensor(resize_long_edge(c.convert("RGB"), params.size)) for c in contents]
         )
-        schedule = fitted_schedule(final, params, min_input_edge(_layers(params)))
+        if start is not None:
+            schedule = start.schedule
+        else:
+            schedule = fitted_schedule(final, params, min_input_edge(_layers(params)))
         budget = self.pixel_budget()
         tiled = final[0] * final[1] > budget
         # Tiled: every scale that fits runs whole; the last (full-size) scale runs tile by tile.
@@ -290,6 +406,13 @@ class Stylizer:
                 started=started,
                 progress=progress,
                 should_stop=should_stop,
+                start=start,
+                start_images=start_images,
+                snapshots=_Snapshots(
+                    snapshot, snapshot_every, self._clock, tuple(indices), schedule
+                )
+                if snapshot is not None and not plan.tiles
+                else None,
             )
             if params.preserve_colors == "luminance":
                 image = color.keep_luminance(image, photos)
@@ -322,12 +445,21 @@ class Stylizer:
         started: float,
         progress: ProgressCallback | None,
         should_stop: StopCheck | None,
+        start: _Resume | None = None,
+        start_images: Sequence[Image.Image] | None = None,
+        snapshots: _Snapshots | None = None,
     ) -> tuple[torch.Tensor, list[LossTerms]]:
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         image: torch.Tensor | None = None
         done = 0
+        first = 1
+        if start is not None and start_images is not None:
+            image = torch.cat([self._to_tensor(picture) for picture in start_images])
+            done, first = start.step, start.scale
         scales = len(plan.whole) + (1 if plan.tiles else 0)
         for number, (long_edge, steps) in enumerate(plan.whole, start=1):
+            if number < first:
+                continue
             width, height = working_size(final, long_edge)
             photo = _resize(photos, height, width)
             if image is None:
@@ -335,17 +467,25 @@ class Stylizer:
             else:
                 image = _resize(image, height, width).clamp(0, 1)
             objective = self._objective(photo, style, params, long_edge)
+            # A resumed scale runs only the steps it had left.
+            left = sum(n for _, n in plan.whole[:number]) - done if number == first else steps
+            if left <= 0:
+                continue
             report = StepReport(number, scales, long_edge, done, plan.total, started)
+            after_step: AfterStep | None = None
+            if snapshots is not None:
+                after_step = snapshots.hook(number, done)
             image = run_scale(
                 objective,
                 image,
-                steps,
+                left,
                 report,
                 progress=progress,
                 should_stop=should_stop,
                 graphs=self.graphs,
+                after_step=after_step,
             )
-            done += steps
+            done += left
         assert image is not None
         if not plan.tiles:
             return image, objective.evaluate(image)
@@ -546,6 +686,47 @@ class Stylizer:
         self._targets.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+class _Snapshots:
+    """Hands the pixels being optimised to a snapshot callback at most every `every` seconds."""
+
+    def __init__(
+        self,
+        callback: SnapshotCallback,
+        every: float,
+        clock: Callable[[], float],
+        indices: tuple[int, ...],
+        schedule: tuple[tuple[int, int], ...],
+    ) -> None:
+        self._callback = callback
+        self._every = every
+        self._clock = clock
+        self._indices = indices
+        self._schedule = schedule
+        self._last = clock()
+
+    def hook(self, scale: int, done_before: int) -> AfterStep:
+        """The after-step check of one scale whose first step is step `done_before` + 1."""
+
+        def after_step(step: int, image: torch.Tensor) -> bool:
+            now = self._clock()
+            if now - self._last < self._every:
+                return False
+            self._last = now
+            for i, index in enumerate(self._indices):
+                self._callback(
+                    Snapshot(
+                        index=index,
+                        schedule=self._schedule,
+                        scale=scale,
+                        step=done_before + step,
+                        image=_to_pil(image[i]),
+                    )
+                )
+            return False
+
+        return after_step
 
 
 def _pixels(size: tuple[int, int], long_edge: int) -> int:
