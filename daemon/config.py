@@ -124,6 +124,9 @@ class EngineSettings:
     # CPU threads torch computes with; None leaves torch's default (one per physical core).
     # Lower it to leave cores to other services on the same machine.
     threads: int | None = None
+    # A running job's image is saved to the state folder this often (seconds; 0: never), so that
+    # a stop or a crash resumes it from there instead of from step 0.
+    snapshot_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -408,6 +411,7 @@ _ENGINE_KEYS = (
     "memory_budget_mb",
     "cuda_graphs",
     "threads",
+    "snapshot_seconds",
 )
 _STYLE_KEYS = ("image", "images")
 _RULE_KEYS = ("match", "styles", "output")
@@ -569,6 +573,7 @@ class _Loader:
         batch_size: object = 4
         stuck_seconds: object = 600.0
         threads: object = None
+        snapshot_seconds: object = 10.0
         for name, (_, node) in fields.items():
             key = f"engine.{name}"
             value: object = _INVALID
@@ -603,6 +608,10 @@ class _Loader:
                 batch_size = self.integer(node, key, lambda v: 1 <= v <= 64, "between 1 and 64")
             elif name == "stuck_seconds":
                 stuck_seconds = self.real(node, key, lambda v: v > 0, "a number of seconds > 0")
+            elif name == "snapshot_seconds":
+                snapshot_seconds = self.real(
+                    node, key, lambda v: v >= 0, "a number of seconds >= 0"
+                )
             elif name == "threads":
                 threads = self.integer(node, key, lambda v: 1 <= v <= 1024, "between 1 and 1024")
             if value is not _INVALID:
@@ -617,6 +626,7 @@ class _Loader:
             batch_size if isinstance(batch_size, int) else 4,
             float(stuck_seconds) if isinstance(stuck_seconds, int | float) else 600.0,
             threads if isinstance(threads, int) else None,
+            float(snapshot_seconds) if isinstance(snapshot_seconds, int | float) else 10.0,
         )
 
     def logging(self, entry: tuple[yaml.Node, yaml.Node] | None) -> LoggingSettings:

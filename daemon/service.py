@@ -19,12 +19,13 @@ from types import FrameType
 
 import structlog
 
-from daemon import rules
+from daemon import rules, snapshots
 from daemon.config import Config, load_config
 from daemon.errors import ConfigError
 from daemon.journal import JobSpec, Journal, JournalError, SourceChangedError
 from daemon.notify import Notifier
 from daemon.outputs import clean_stale_temporaries
+from daemon.snapshots import SnapshotStore
 from daemon.stability import Signature, StabilityTracker, stat_signature
 from daemon.watcher import Watcher
 from daemon.worker import Engine, Worker, settings_hash
@@ -116,7 +117,13 @@ class Service:
         self._prepare_styles(engine, config)
         self.journal = journal
         watcher = Watcher(config, self)
-        worker = Worker(journal, engine, lambda: self.config, source_missing=self._source_missing)
+        worker = Worker(
+            journal,
+            engine,
+            lambda: self.config,
+            source_missing=self._source_missing,
+            snapshots=SnapshotStore(config.state / snapshots.FOLDER),
+        )
         worker_stop = threading.Event()
         worker_thread = threading.Thread(
             target=self._run_worker, args=(worker, worker_stop), name="stylewatch-worker"

@@ -7,7 +7,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
@@ -20,9 +20,10 @@ from daemon.config import Config
 from daemon.journal import Job, Journal, backoff_seconds
 from daemon.outputs import write_atomic
 from daemon.progress import BatchProgress, group_weights
+from daemon.snapshots import SnapshotStore
 from engine import errors as engine_errors
 from engine import images
-from engine.params import Progress, StyleParams, StyleSpec
+from engine.params import Progress, Snapshot, StyleParams, StyleSpec
 from engine.stylizer import Stylized
 
 log = structlog.get_logger()
@@ -43,6 +44,10 @@ class Engine(Protocol):
         *,
         progress: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_result: Callable[[int, Stylized], None] | None = None,
+        snapshot: Callable[[Snapshot], None] | None = None,
+        snapshot_every: float = 10.0,
+        resume: Mapping[int, Snapshot] | None = None,
     ) -> list[Stylized]: ...
 
     def close(self) -> None: ...
@@ -89,6 +94,7 @@ class Worker:
         *,
         wall: Callable[[], float] = time.time,
         source_missing: Callable[[str], None] | None = None,
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self._journal = journal
         self._engine = engine
@@ -98,6 +104,9 @@ class Worker:
         # unchanged (an input folder on a share that was away), and must then be taken in again.
         self._source_missing = source_missing
         self._abort = threading.Event()
+        # Running jobs' snapshots: a stop or a crash resumes them from there (None: not kept).
+        self._snapshots = snapshots
+        self.current: tuple[str, ...] = ()  # the sources of the running batch
         self._batch_limit: int | None = None  # lowered after running out of memory
         self.heartbeat = time.monotonic()  # last sign of life, for systemd's watchdog
         self.busy = False
@@ -107,6 +116,10 @@ class Worker:
         self._abort.set()
 
     def run(self, stop: threading.Event, wake: threading.Event) -> None:
+        if self._snapshots is not None:
+            # Jobs that ended while the service was away (or without the worker) keep none.
+            live = {j.id for j in self._journal.jobs() if j.state.value in ("queued", "running")}
+            self._snapshots.prune(live)
         while not stop.is_set():
             self.heartbeat = time.monotonic()
             if not self.run_once():
@@ -123,10 +136,12 @@ class Worker:
         if not jobs:
             return False
         self.busy = True
+        self.current = tuple(job.source for job in jobs)
         try:
             self._process(config, jobs)
         finally:
             self.busy = False
+            self.current = ()
         return True
 
     def _process(self, config: Config, jobs: list[Job]) -> None:
@@ -162,6 +177,24 @@ class Worker:
                     eta_seconds=report.eta_seconds,
                 )
 
+        written: set[int] = set()
+
+        def on_result(index: int, result: Stylized) -> None:
+            # Each photo is written as soon as it is done, not when the whole batch is.
+            written.add(index)
+            self._write(config, items[index], result, time.perf_counter() - started)
+
+        store = self._snapshots
+        every = config.engine.snapshot_seconds
+
+        def snapshot(taken: Snapshot) -> None:
+            assert store is not None
+            try:
+                store.save(items[taken.index].job, taken)
+            except OSError as exc:  # a full state disk: the job goes on, only less resumable
+                log.warning("snapshot_failed", source=items[taken.index].job.source, error=str(exc))
+
+        resume = self._resume(items)
         try:
             results = self._engine.stylize_batch(
                 [i.decoded.image for i in items],
@@ -169,16 +202,24 @@ class Worker:
                 planned.params,
                 progress=progress,
                 should_stop=self._abort.is_set,
+                on_result=on_result,
+                snapshot=snapshot if store is not None and every > 0 else None,
+                snapshot_every=every,
+                resume=resume or None,
             )
         except engine_errors.Cancelled:
+            items = [item for index, item in enumerate(items) if index not in written]
             for item in items:
                 self._journal.release(item.job.id)
             log.info("batch_interrupted", sources=[i.job.source for i in items])
             return
         except engine_errors.OutOfMemoryError as exc:
-            self._out_of_memory(items, exc)
+            left = [item for index, item in enumerate(items) if index not in written]
+            if left:
+                self._out_of_memory(left, exc)
             return
         except Exception as exc:  # the per-batch boundary: record, keep the daemon running
+            items = [item for index, item in enumerate(items) if index not in written]
             kind, permanent = _classify(exc)
             if kind == "internal":
                 log.exception("batch_failed", sources=[i.job.source for i in items])
@@ -187,8 +228,25 @@ class Worker:
             return
         self._batch_limit = None
         seconds = time.perf_counter() - started
-        for item, result in zip(items, results, strict=True):
-            self._write(config, item, result, seconds)
+        for index, (item, result) in enumerate(zip(items, results, strict=True)):
+            if index not in written:  # an engine that hands results over only at the end
+                self._write(config, item, result, seconds)
+
+    def _resume(self, items: list[_Item]) -> dict[int, Snapshot]:
+        """Snapshots of this batch's jobs, by their position in it."""
+        if self._snapshots is None:
+            return {}
+        found: dict[int, Snapshot] = {}
+        for index, item in enumerate(items):
+            saved = self._snapshots.load(item.job, index)
+            if saved is not None:
+                found[index] = saved
+                log.info("job_resumed", source=item.job.source, step=saved.step, scale=saved.scale)
+        return found
+
+    def _forget_snapshot(self, job: Job) -> None:
+        if self._snapshots is not None:
+            self._snapshots.delete(job.id)
 
     def _prepare(self, config: Config, job: Job) -> _Item | None:
         """Check the job still stands and read its photo; None when it ended here."""
@@ -196,12 +254,14 @@ class Worker:
         planned = self._planned(config, job)
         if planned is None:
             self._journal.cancel(job.id, "the config no longer plans this output")
+            self._forget_snapshot(job)
             log.info("job_cancelled", source=job.source, style=job.style, reason="config_changed")
             return None
         try:
             data = source.read_bytes()
         except FileNotFoundError:
             self._journal.cancel(job.id, "source removed before it was processed")
+            self._forget_snapshot(job)
             log.info("job_cancelled", source=job.source, style=job.style, reason="source_removed")
             if self._source_missing is not None:
                 self._source_missing(job.source)
@@ -212,6 +272,7 @@ class Worker:
         if hashlib.sha256(data).hexdigest() != job.fingerprint:
             # New content under the same name: the watcher queues it as its own job.
             self._journal.cancel(job.id, "source changed before it was processed")
+            self._forget_snapshot(job)
             log.info("job_cancelled", source=job.source, style=job.style, reason="source_changed")
             return None
         try:
@@ -263,6 +324,7 @@ class Worker:
                 self._fail(job, exc, "io", permanent=False)
             return
         self._journal.mark_done(job.id, claimed)
+        self._forget_snapshot(job)
         width, height = result.image.size
         log.info(
             "job_done",
@@ -298,6 +360,8 @@ class Worker:
         after = self._journal.mark_failed(
             job.id, str(exc), kind, permanent=permanent, retry_at=retry_at
         )
+        if after.state.value == "failed":
+            self._forget_snapshot(job)
         log.warning(
             "job_failed" if after.state.value == "failed" else "job_retry",
             source=job.source,
