@@ -165,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     _config_argument(check)
     check.set_defaults(handler=_check)
 
+    estimate = commands.add_parser(
+        "estimate",
+        help="how long one photo takes here, measured",
+        description="Time a few optimisation steps at two small sizes on this machine, with the "
+        "config's engine settings, and price each rule's schedule (steps per scale) with them.",
+    )
+    _config_argument(estimate)
+    estimate.set_defaults(handler=_estimate)
+
     status = commands.add_parser("status", help="what happened to the photos (from the journal)")
     _config_argument(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -238,11 +247,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(
         level=args.log_level or settings.level, renderer=args.log_format or settings.format
     )
-    if service.config.engine.threads is not None:
-        import torch
-
-        # Before the engine is built: torch sizes its thread pool on first use.
-        torch.set_num_threads(service.config.engine.threads)
+    _apply_threads(service.config)
     service.install_signal_handlers()
     try:
         service.run()
@@ -255,6 +260,81 @@ def _run(args: argparse.Namespace) -> int:
         # TEMPFAIL lets systemd restart the service; CONFIG (78) would stop it for good.
         raise CliError(str(exc), ExitCode.TEMPFAIL) from exc
     return ExitCode.OK
+
+
+def _apply_threads(config: Any) -> None:
+    if config.engine.threads is not None:
+        import torch
+
+        # Before the engine is built: torch sizes its thread pool on first use.
+        torch.set_num_threads(config.engine.threads)
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    import time
+
+    from daemon import estimate
+    from engine import errors
+    from engine.stylizer import Stylizer
+
+    config = _load(args.config)
+    _apply_threads(config)
+    started = time.perf_counter()
+    try:
+        stylizer = Stylizer(config.engine.engine, download_progress=sys.stderr.isatty())
+    except errors.WeightsError as exc:
+        raise CliError(str(exc), ExitCode.CONFIG) from exc
+    except errors.EngineError as exc:
+        raise CliError(str(exc), ExitCode.TEMPFAIL) from exc
+    loaded = time.perf_counter() - started
+    costs: dict[engine_params.StyleParams, estimate.StepCost] = {}
+    shown: set[tuple[str, int, tuple[tuple[int, int], ...]]] = set()
+    width, height = estimate.ASPECT
+    try:
+        for rule in config.rules:
+            for target in rule.targets:
+                params = target.settings.params
+                # What a step costs does not depend on the schedule or the painting's scale.
+                key = params.replace(size=64, steps=1, scales=1, style_scale=1.0)
+                if key not in costs:
+                    costs[key] = estimate.measure(stylizer, target.style, params)
+                    cost = costs[key]
+                    sys.stdout.write(
+                        f"measured on {stylizer.device} ({stylizer.precision}): "
+                        + ", ".join(
+                            f"{cost.seconds(w * h):.3f} s/step at {w}x{h}"
+                            for w, h in (
+                                estimate.working_size(estimate.ASPECT, edge)
+                                for edge in estimate.SIZES
+                            )
+                        )
+                        + "\n"
+                    )
+                line = (target.style_name, params.size, params.schedule())
+                if line in shown:
+                    continue
+                shown.add(line)
+                seconds = estimate.predict(costs[key], params)
+                sys.stdout.write(
+                    f"rule {rule.index} ({' | '.join(rule.match)}), style {target.style_name}: "
+                    f"a {width}:{height} photo at {params.size} px, {params.steps} steps over "
+                    f"{len(params.schedule())} scale(s): about {_duration(seconds)}\n"
+                )
+    except errors.StyleError as exc:
+        raise CliError(str(exc), ExitCode.DATAERR) from exc
+    finally:
+        stylizer.close()
+    sys.stdout.write(
+        f"the network loaded in {loaded:.1f} s; a style's first photo also computes its "
+        "targets (seconds), and bigger or smaller photos scale with their pixels\n"
+    )
+    return ExitCode.OK
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -1,0 +1,85 @@
+"""How long one photo takes on this machine: measured, not guessed (`stylewatch estimate`, and
+`make run` before its first photo).
+
+A step costs a fixed part (launches, the optimiser's bookkeeping) plus a part that grows with the
+pixels (VGG19's passes). A few steps are timed at two small sizes, a line is drawn through the two
+costs, and the photo's schedule (steps per scale, each at its own pixel count) is priced with it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from engine.params import Progress, StyleParams, StyleSpec
+from engine.stylizer import Stylizer, working_size
+
+__all__ = [
+    "ASPECT",
+    "SIZES",
+    "StepCost",
+    "fit",
+    "measure",
+    "predict",
+    "step_seconds",
+    "working_size",
+]
+
+ASPECT = (3, 2)  # a camera photo's shape, landscape
+SIZES = (96, 192)  # long edges timed; small, so that measuring takes seconds
+WARMUP_STEPS = 2  # the first steps at a new size pay for one-off set-up
+TIMED_STEPS = 6
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Seconds one optimisation step takes, as a function of the photo's pixels."""
+
+    fixed: float
+    per_pixel: float
+
+    def seconds(self, pixels: int) -> float:
+        return max(0.0, self.fixed + self.per_pixel * pixels)
+
+
+def step_seconds(reports: Sequence[Progress], warmup: int = WARMUP_STEPS) -> float:
+    """Mean seconds per step after the warm-up, from a run's progress reports."""
+    timed = [p for p in reports if p.step > warmup]
+    if len(timed) >= 2 and timed[-1].step > timed[0].step:
+        return (timed[-1].seconds - timed[0].seconds) / (timed[-1].step - timed[0].step)
+    last = reports[-1]  # reported in chunks (a GPU): the whole run, set-up included
+    return last.seconds / last.step
+
+
+def fit(points: Sequence[tuple[int, float]]) -> StepCost:
+    """The line through (pixels, seconds per step) of the smallest and the largest size."""
+    (p0, s0), (p1, s1) = min(points), max(points)
+    per_pixel = max(0.0, (s1 - s0) / (p1 - p0)) if p1 > p0 else s1 / p1
+    return StepCost(fixed=s1 - per_pixel * p1, per_pixel=per_pixel)
+
+
+def measure(stylizer: Stylizer, style: StyleSpec, params: StyleParams) -> StepCost:
+    """Time a few steps of this style and these settings at two small sizes."""
+    points = []
+    rng = random.Random(0)
+    for edge in SIZES:
+        width, height = working_size(ASPECT, edge)
+        # Noise: the step time does not depend on what the picture shows.
+        photo = Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3))
+        small = params.replace(size=edge, steps=WARMUP_STEPS + TIMED_STEPS, scales=1)
+        reports: list[Progress] = []
+        stylizer.stylize(photo, style, small, progress=reports.append)
+        points.append((width * height, step_seconds(reports)))
+    return fit(points)
+
+
+def predict(cost: StepCost, params: StyleParams, aspect: tuple[int, int] = ASPECT) -> float:
+    """Seconds of optimisation for one photo of this shape with these settings."""
+    total = 0.0
+    for long_edge, steps in params.schedule():
+        width, height = working_size(aspect, long_edge)
+        total += steps * cost.seconds(width * height)
+    return total
