@@ -4,7 +4,9 @@ estimate of the time left, whatever the working sizes of its photos.
 The engine runs the photos of a batch in groups of one working size, one after the other, and
 each group reports its own steps (1..steps) and its own clock. The reporter joins them into one
 run: a step counter that goes back marks the next group, and each group counts for its share of the
-work (photos x pixels: a step costs about the same per pixel at any size).
+work (photos x pixels: a step costs about the same per pixel at any size). Within a group, a step
+counts for the pixels of its scale: the last scale's steps cost 4x the one before it, so counting
+steps alone would promise the end far too soon.
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ class BatchProgress:
         weights: Sequence[float],
         *,
         interval: float,
+        schedule: Sequence[tuple[int, int]] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._weights = [w for w in weights if w > 0] or [1.0]
+        self._schedule = tuple(schedule)  # (long edge, steps) per scale: StyleParams.schedule()
         self._interval = interval
         self._clock = clock
         self._started = clock()
@@ -70,7 +74,7 @@ class BatchProgress:
             return None
         self._last_line = now
         done = sum(self._weights[: self._group])
-        done += self._weights[self._group] * progress.step / max(1, progress.steps)
+        done += self._weights[self._group] * self._within(progress)
         fraction = min(1.0, done / sum(self._weights))
         elapsed = now - self._started
         eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
@@ -79,3 +83,15 @@ class BatchProgress:
             eta_seconds=None if eta is None else round(eta, 1),
             seconds=round(elapsed, 1),
         )
+
+    def _within(self, progress: Progress) -> float:
+        """The share of a group's work done: its steps weighted by their scale's pixels."""
+        if sum(n for _, n in self._schedule) != progress.steps:
+            # Another plan than the settings' (scales dropped for a thin photo, tiles): by steps.
+            return progress.step / max(1, progress.steps)
+        left, done = progress.step, 0.0
+        for edge, steps in self._schedule:
+            taken = min(steps, left)
+            done += taken * edge**2
+            left -= taken
+        return done / sum(steps * edge**2 for edge, steps in self._schedule)

@@ -156,7 +156,9 @@ class Worker:
         started = time.perf_counter()
         sizes = [i.decoded.image.size for i in items]
         reporter = BatchProgress(
-            group_weights(sizes, planned.params.size), interval=PROGRESS_LOG_SECONDS
+            group_weights(sizes, planned.params.size),
+            interval=PROGRESS_LOG_SECONDS,
+            schedule=planned.params.schedule(),
         )
 
         def progress(p: Progress) -> None:

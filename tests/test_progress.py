@@ -72,3 +72,30 @@ def test_no_line_before_the_interval_within_a_group() -> None:
     assert middle is not None
     assert middle.percent == 33.3
     assert middle.eta_seconds == 20.0
+
+
+def test_within_a_photo_a_step_counts_for_the_pixels_of_its_scale() -> None:
+    now = [0.0]
+    schedule = ((128, 20), (256, 10))  # the coarse scale: 20 steps at a quarter of the pixels
+    reporter = BatchProgress([1.0], interval=0.0, schedule=schedule, clock=lambda: now[0])
+    reports = []
+    for n in range(1, 31):
+        now[0] += 1.0 if n <= 20 else 4.0  # a step at twice the edge costs 4x
+        progress = Progress(scale=1, scales=2, size=128, step=n, steps=30, loss=1.0, seconds=now[0])
+        reports.append(reporter.update(progress))
+    coarse_done = reports[19]
+    assert coarse_done is not None
+    # 20 x 128^2 of 20 x 128^2 + 10 x 256^2: a third of the work, not two thirds of the steps.
+    assert coarse_done.percent == 33.3
+    assert coarse_done.eta_seconds == 40.0  # and so the 40 s still to come are foreseen
+    assert [r.percent for r in reports if r is not None][-1] == 100.0
+
+
+def test_a_plan_other_than_the_schedule_counts_steps() -> None:
+    reporter = BatchProgress(
+        [1.0], interval=0.0, schedule=((128, 20), (256, 10)), clock=lambda: 1.0
+    )
+    tiled = Progress(scale=2, scales=2, size=256, step=30, steps=60, loss=1.0, seconds=1.0)
+    report = reporter.update(tiled)
+    assert report is not None
+    assert report.percent == 50.0
