@@ -8,7 +8,9 @@ costs, and the photo's schedule (steps per scale, each at its own pixel count) i
 
 from __future__ import annotations
 
+import itertools
 import random
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,10 +48,16 @@ class StepCost:
 
 
 def step_seconds(reports: Sequence[Progress], warmup: int = WARMUP_STEPS) -> float:
-    """Mean seconds per step after the warm-up, from a run's progress reports."""
+    """Median seconds per step after the warm-up, from a run's progress reports (the median: one
+    step slowed down by another program should not set the estimate)."""
     timed = [p for p in reports if p.step > warmup]
-    if len(timed) >= 2 and timed[-1].step > timed[0].step:
-        return (timed[-1].seconds - timed[0].seconds) / (timed[-1].step - timed[0].step)
+    rates = [
+        (b.seconds - a.seconds) / (b.step - a.step)
+        for a, b in itertools.pairwise(timed)
+        if b.step > a.step
+    ]
+    if rates:
+        return statistics.median(rates)
     last = reports[-1]  # reported in chunks (a GPU): the whole run, set-up included
     return last.seconds / last.step
 

@@ -24,6 +24,8 @@ def _reports(seconds: list[float]) -> list[Progress]:
 def test_the_warm_up_steps_are_left_out_of_the_step_time() -> None:
     # The first two steps pay for set-up; the rest take 0.1 s each.
     assert step_seconds(_reports([3.0, 3.5, 3.6, 3.7, 3.8, 3.9])) == pytest.approx(0.1)
+    # One step held up by another program does not set the figure.
+    assert step_seconds(_reports([3.0, 3.5, 3.6, 5.6, 5.7, 5.8])) == pytest.approx(0.1)
 
 
 def test_a_line_through_two_sizes_prices_each_scale_by_its_pixels() -> None:
