@@ -65,8 +65,14 @@ def step_seconds(reports: Sequence[Progress], warmup: int = WARMUP_STEPS) -> flo
 def fit(points: Sequence[tuple[int, float]]) -> StepCost:
     """The line through (pixels, seconds per step) of the smallest and the largest size."""
     (p0, s0), (p1, s1) = min(points), max(points)
-    per_pixel = max(0.0, (s1 - s0) / (p1 - p0)) if p1 > p0 else s1 / p1
-    return StepCost(fixed=s1 - per_pixel * p1, per_pixel=per_pixel)
+    if p1 > p0 and s1 > s0:
+        per_pixel = (s1 - s0) / (p1 - p0)
+        fixed = s1 - per_pixel * p1
+        if fixed >= 0:
+            return StepCost(fixed=fixed, per_pixel=per_pixel)
+    # The larger size took no longer, or more than its pixels explain: the machine's load changed
+    # while it was measured. The larger size alone, scaled by pixels, is the safer guess.
+    return StepCost(fixed=0.0, per_pixel=s1 / p1)
 
 
 def measure(stylizer: Stylizer, style: StyleSpec, params: StyleParams) -> StepCost:

@@ -46,6 +46,12 @@ def test_a_cost_never_goes_negative() -> None:
     assert StepCost(fixed=-1.0, per_pixel=1e-6).seconds(10) == 0.0
 
 
+def test_a_measurement_disturbed_by_the_machine_falls_back_to_scaling_by_pixels() -> None:
+    # The large size was held up by another program: its line would cross below zero.
+    assert fit([(1000, 0.01), (4000, 0.12)]) == StepCost(fixed=0.0, per_pixel=0.12 / 4000)
+    assert fit([(1000, 0.2), (4000, 0.1)]) == StepCost(fixed=0.0, per_pixel=0.1 / 4000)
+
+
 def test_estimate_measures_this_machine_and_prices_every_rule(
     tmp_path: Path, vgg_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
