@@ -182,9 +182,10 @@ class Worker:
         written: set[int] = set()
 
         def on_result(index: int, result: Stylized) -> None:
-            # Each photo is written as soon as it is done, not when the whole batch is.
-            written.add(index)
+            # Each photo is written as soon as it is done, not when the whole batch is. One whose
+            # write raised (the journal) is left to the batch's failure handling below.
             self._write(config, items[index], result, time.perf_counter() - started)
+            written.add(index)
 
         store = self._snapshots
         every = config.engine.snapshot_seconds
