@@ -77,7 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     one.add_argument("--size", type=int, help=f"long edge in pixels (default {defaults.size})")
     one.add_argument(
-        "--steps", type=int, help=f"optimisation steps over all scales (default {defaults.steps})"
+        "--steps",
+        type=int,
+        help=f"optimisation steps over all scales (default {engine_params.DEFAULT_STEPS})",
+    )
+    one.add_argument(
+        "--seconds",
+        type=float,
+        help="time budget of the optimisation: scales and steps are planned to fill it on this "
+        "machine (--steps beside it wins)",
     )
     one.add_argument(
         "--scales",
@@ -276,7 +284,9 @@ def _check(args: argparse.Namespace) -> int:
             p = target.settings.params
             sys.stdout.write(
                 f"rule {rule.index}: {' | '.join(rule.match)} -> style {target.style_name} "
-                f"(size {p.size}, steps {p.steps}, format {target.settings.output.format})\n"
+                f"(size {p.size}, "
+                f"{f'budget {p.seconds:g} s' if p.budgeted else f'steps {p.step_count}'}, "
+                f"format {target.settings.output.format})\n"
             )
     if problems:
         raise CliError("\n".join(problems), ExitCode.CONFIG)
@@ -412,6 +422,7 @@ def _style_params(args: argparse.Namespace) -> engine_params.StyleParams:
         for name in (
             "size",
             "steps",
+            "seconds",
             "scales",
             "style_weight",
             "content_weight",
@@ -426,7 +437,8 @@ def _style_params(args: argparse.Namespace) -> engine_params.StyleParams:
         if getattr(args, name) is not None
     }
     try:
-        base = engine_params.StyleParams()
+        # The budget first: under one, a preset gives the schedule's shape but not its steps.
+        base = engine_params.StyleParams(seconds=args.seconds)
         if args.preset is not None:
             base = engine_params.with_preset(base, args.preset)
         return base.replace(**given)
@@ -473,7 +485,7 @@ def _stylize(args: argparse.Namespace) -> int:
         )
         decoded = images.decode(args.content)
         stylizer = Stylizer(config, download_progress=sys.stderr.isatty())
-        with _ProgressBar(params.steps) as bar:
+        with _ProgressBar(params.step_count) as bar:
             result = stylizer.stylize(decoded.image, style, params, progress=bar.update)
         data = images.encode(result.image, fmt, quality=args.quality, metadata=decoded.metadata)
     except errors.WeightsError as exc:
@@ -515,5 +527,6 @@ class _ProgressBar:
         self._bar.close()
 
     def update(self, progress: engine_params.Progress) -> None:
+        self._bar.total = progress.steps  # a time budget revises its plan as it goes
         self._bar.set_postfix_str(f"{progress.size}px loss {progress.loss:.4g}", refresh=False)
         self._bar.update(progress.step - self._bar.n)
