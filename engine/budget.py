@@ -72,7 +72,7 @@ class BudgetRun:
         end = self.deadline - reserve
         if later:
             end = min(end, now + COARSE_SLACK * (SETUP_STEPS + steps) * self.cost(edge))
-        return ScaleClock(self, edge, end)
+        return ScaleClock(self, edge, end, started=now)
 
     def measured(self, edge: int, seconds_per_step: float) -> None:
         self.costs = self.costs.measured(self._pixels(edge), seconds_per_step)
@@ -81,10 +81,11 @@ class BudgetRun:
 class ScaleClock:
     """Ends a scale before the step that would cross `end`, and measures its steps."""
 
-    def __init__(self, run: BudgetRun, edge: int, end: float) -> None:
+    def __init__(self, run: BudgetRun, edge: int, end: float, *, started: float) -> None:
         self._run = run
         self._edge = edge
         self._end = end
+        self._started = started
         self._times: list[float] = []
 
     @property
@@ -95,12 +96,18 @@ class ScaleClock:
     def after_step(self, step: int, image: torch.Tensor) -> bool:
         now = self._run._clock()
         self._times.append(now)
+        return now + self._next_step() > self._end
+
+    def _next_step(self) -> float:
+        """What the next step is expected to cost, erring long: the plan's figure or the first
+        step with the scale's set-up, whichever is more, until two steps are measured; then
+        the mean or the latest step, whichever is more (a machine that gets busier mid-scale
+        shows in its latest step first)."""
         times = self._times
-        if len(times) >= 2:
-            per_step = (times[-1] - times[0]) / (len(times) - 1)
-        else:
-            per_step = self._run.cost(self._edge)
-        return now + per_step > self._end
+        if len(times) < 2:
+            return max(self._run.cost(self._edge), times[-1] - self._started)
+        mean = (times[-1] - times[0]) / (len(times) - 1)
+        return max(mean, times[-1] - times[-2])
 
     def estimate(self, step: int) -> int:
         """The run's steps as now expected, `step` of them done: this scale goes on while the
@@ -116,6 +123,9 @@ class ScaleClock:
         times = self._times
         if len(times) >= 2:
             self._run.measured(self._edge, (times[-1] - times[0]) / (len(times) - 1))
+        elif times:
+            # One step only: it and the set-up, shared by their estimated weights.
+            self._run.measured(self._edge, (times[0] - self._started) / (1 + SETUP_STEPS))
 
 
 def chain(*hooks: AfterStep | None) -> AfterStep | None:
