@@ -107,7 +107,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--weights", type=Path)
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, the cores)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as folder:
         weights, kind = weights_path(args.weights, Path(folder))
