@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
 
 import pytest
 from PIL import Image
 from structlog.testing import capture_logs
 
-from daemon import cli
+from daemon import cli, rules
 from daemon.config import load_config
 from daemon.errors import ConfigError
-from engine.params import PRESETS, EngineConfig, Progress, StyleParams, StyleSpec
-from engine.stylizer import Stylizer, working_size
+from daemon.journal import JobSpec, Journal
+from daemon.worker import Worker, settings_hash
+from engine.params import PRESETS, EngineConfig, LossTerms, Progress, StyleParams, StyleSpec
+from engine.stylizer import Stylized, Stylizer, working_size
 
 BUDGETED = StyleParams(size=48, scales=2, min_scale_size=24, seconds=1.0)
 
@@ -177,3 +181,83 @@ def test_the_cli_takes_seconds_and_a_preset_shapes_it() -> None:
     assert parse("--preset", "fast").steps == PRESETS["fast"]["steps"]
     with pytest.raises(cli.CliError, match="seconds must be a positive number"):
         parse("--seconds", "-1")
+
+
+# -- the daemon's summary line ------------------------------------------------------------------
+
+
+class BudgetEngine:
+    """Returns each photo resized, as a budgeted run that ended at a smaller size would."""
+
+    def prepare_style(self, style: StyleSpec, params: StyleParams) -> None:
+        pass
+
+    def stylize_batch(
+        self,
+        contents: Sequence[Image.Image],
+        style: StyleSpec,
+        params: StyleParams,
+        *,
+        progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[Stylized]:
+        return [
+            Stylized(
+                image=c.resize((params.size, params.size)),
+                loss=LossTerms(0, 0, 0),
+                steps=7,
+                seconds=0.5,
+                device="fake",
+                budget_seconds=params.seconds,
+                optimise_seconds=0.456,
+                schedule=((8, 6), (12, 1)),
+                upsampled_from=12,
+            )
+            for c in contents
+        ]
+
+    def close(self) -> None:
+        pass
+
+    def shrink_memory_budget(self) -> bool:
+        return False
+
+
+def test_job_done_reports_the_budget_the_time_used_and_the_schedule(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "paint.jpg").write_bytes(b"fake painting; the fake engine never reads it")
+    (tmp_path / "c.yaml").write_text(
+        "input: inbox\noutput: outbox\nstate: state\n"
+        "styles: {s: {image: paint.jpg}}\ndefaults: {size: 16, seconds: 0.5}\n"
+        "rules: [{match: '**/*', styles: [s]}]\n"
+    )
+    config = load_config(tmp_path / "c.yaml")
+    config.state.mkdir(parents=True)
+    journal = Journal.open(config.state)
+    try:
+        path = config.input / "p.png"
+        Image.new("RGB", (20, 10), (200, 0, 0)).save(path)
+        decision = rules.decide(config, PurePosixPath("p.png"))
+        assert isinstance(decision, rules.Plan)
+        out = decision.outputs[0]
+        journal.enqueue(
+            JobSpec(
+                source="p.png",
+                fingerprint=hashlib.sha256(path.read_bytes()).hexdigest(),
+                rule=decision.rule_index,
+                style=out.style_name,
+                settings_hash=settings_hash(out),
+                output=str(out.relpath),
+            )
+        )
+        worker = Worker(journal, BudgetEngine(), lambda: config)
+        with capture_logs() as logs:
+            assert worker.run_once()
+    finally:
+        journal.close()
+    (done,) = [e for e in logs if e["event"] == "job_done"]
+    assert done["budget_seconds"] == 0.5
+    assert done["optimise_seconds"] == 0.46
+    assert done["schedule"] == [[8, 6], [12, 1]]
+    assert done["upsampled_from"] == 12
+    assert (done["steps"], done["size"], done["result"]) == (7, "16x16", "done")
