@@ -71,7 +71,8 @@ class Stylized:
     """One finished photo."""
 
     image: Image.Image  # RGB, long edge = params.size
-    loss: LossTerms  # at the end, evaluated in fp32
+    # At the end, at the size optimised (under upsampled_from, that smaller one).
+    loss: LossTerms
     steps: int
     seconds: float  # wall time of the batch it was part of
     device: str
@@ -594,6 +595,9 @@ class Stylizer:
                     # Steps turn out cheaper or dearer than planned: the clock decides.
                     left = left * LAST_SCALE_STRETCH
                     report = dataclasses.replace(report, estimate=timer.estimate)
+            # What a snapshot says is running: this scale with as many steps as it may take.
+            running = (*schedule[: number - 1], (long_edge, done - before + left))
+            running += tuple(schedule[number:])
             image = run_scale(
                 objective,
                 image,
@@ -603,7 +607,7 @@ class Stylizer:
                 should_stop=should_stop,
                 graphs=self.graphs,
                 after_step=chain(
-                    None if snapshots is None else snapshots.hook(number, done, tuple(schedule)),
+                    None if snapshots is None else snapshots.hook(number, done, running),
                     None if timer is None else timer.after_step,
                 ),
             )

@@ -15,7 +15,15 @@ from daemon.config import load_config
 from daemon.errors import ConfigError
 from daemon.journal import JobSpec, Journal
 from daemon.worker import Worker, settings_hash
-from engine.params import PRESETS, EngineConfig, LossTerms, Progress, StyleParams, StyleSpec
+from engine.params import (
+    PRESETS,
+    EngineConfig,
+    LossTerms,
+    Progress,
+    Snapshot,
+    StyleParams,
+    StyleSpec,
+)
 from engine.stylizer import Stylized, Stylizer, working_size
 
 BUDGETED = StyleParams(size=48, scales=2, min_scale_size=24, seconds=1.0)
@@ -103,6 +111,34 @@ def test_a_batch_shares_its_budget_between_its_groups(
     assert second is not None
     assert second == pytest.approx(BUDGETED.seconds - results[0].optimise_seconds, abs=0.01)
     assert sum(r.optimise_seconds for r in results) <= BUDGETED.seconds + 2 * clock.step_seconds
+
+
+def test_a_budgeted_run_resumes_from_its_snapshot_in_its_last_scale(
+    clocked: tuple[Stylizer, FakeClock], photo: Image.Image, style_files: tuple[Path, Path]
+) -> None:
+    stylizer, clock = clocked
+    style = StyleSpec.of(style_files[0])
+    taken: list[Snapshot] = []
+    first = stylizer.stylize(
+        photo, style, BUDGETED, should_stop=clock.step, snapshot=taken.append, snapshot_every=0
+    )
+    last_scale = [s for s in taken if s.scale == len(s.schedule)]
+    assert len(last_scale) >= 2
+    saved = last_scale[0]
+    seen: list[Progress] = []
+    with capture_logs() as logs:
+        result = stylizer.stylize(
+            photo,
+            style,
+            BUDGETED,
+            progress=seen.append,
+            should_stop=clock.step,
+            resume={0: saved},
+        )
+    assert not [e for e in logs if e["event"] == "snapshot_ignored"]
+    assert seen[0].step == saved.step + 1
+    assert len(seen) < first.steps
+    assert result.image.size == working_size(photo.size, 48)
 
 
 def test_an_explicit_step_count_wins_over_the_budget_with_a_warning(
