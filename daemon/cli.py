@@ -77,7 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     one.add_argument("--size", type=int, help=f"long edge in pixels (default {defaults.size})")
     one.add_argument(
-        "--steps", type=int, help=f"optimisation steps over all scales (default {defaults.steps})"
+        "--steps",
+        type=int,
+        help=f"optimisation steps over all scales (default {engine_params.DEFAULT_STEPS})",
+    )
+    one.add_argument(
+        "--seconds",
+        type=float,
+        help="time budget of the optimisation: scales and steps are planned to fill it on this "
+        "machine (--steps beside it wins)",
     )
     one.add_argument(
         "--scales",
@@ -294,8 +302,20 @@ def _estimate(args: argparse.Namespace) -> int:
         for rule in config.rules:
             for target in rule.targets:
                 params = target.settings.params
+                line = (target.style_name, params.size, params.schedule())
+                if line in shown:
+                    continue
+                shown.add(line)
+                where = f"rule {rule.index} ({' | '.join(rule.match)}), style {target.style_name}"
+                if params.budgeted:
+                    # The engine plans the steps to fill the budget: the budget is the answer.
+                    sys.stdout.write(
+                        f"{where}: a {width}:{height} photo at {params.size} px within its time "
+                        f"budget: about {_duration(params.seconds or 0.0)}\n"
+                    )
+                    continue
                 # What a step costs does not depend on the schedule or the painting's scale.
-                key = params.replace(size=64, steps=1, scales=1, style_scale=1.0)
+                key = params.replace(size=64, steps=1, seconds=None, scales=1, style_scale=1.0)
                 if key not in costs:
                     costs[key] = estimate.measure(stylizer, target.style, params)
                     cost = costs[key]
@@ -310,15 +330,10 @@ def _estimate(args: argparse.Namespace) -> int:
                         )
                         + "\n"
                     )
-                line = (target.style_name, params.size, params.schedule())
-                if line in shown:
-                    continue
-                shown.add(line)
                 seconds = estimate.predict(costs[key], params)
                 sys.stdout.write(
-                    f"rule {rule.index} ({' | '.join(rule.match)}), style {target.style_name}: "
-                    f"a {width}:{height} photo at {params.size} px, {params.steps} steps over "
-                    f"{len(params.schedule())} scale(s): about {_duration(seconds)}\n"
+                    f"{where}: a {width}:{height} photo at {params.size} px, {params.step_count} "
+                    f"steps over {len(params.schedule())} scale(s): about {_duration(seconds)}\n"
                 )
     except errors.StyleError as exc:
         raise CliError(str(exc), ExitCode.DATAERR) from exc
@@ -371,7 +386,9 @@ def _check(args: argparse.Namespace) -> int:
             p = target.settings.params
             sys.stdout.write(
                 f"rule {rule.index}: {' | '.join(rule.match)} -> style {target.style_name} "
-                f"(size {p.size}, steps {p.steps}, format {target.settings.output.format})\n"
+                f"(size {p.size}, "
+                f"{f'budget {p.seconds:g} s' if p.budgeted else f'steps {p.step_count}'}, "
+                f"format {target.settings.output.format})\n"
             )
     if problems:
         raise CliError("\n".join(problems), ExitCode.CONFIG)
@@ -530,6 +547,7 @@ def _style_params(args: argparse.Namespace) -> engine_params.StyleParams:
         for name in (
             "size",
             "steps",
+            "seconds",
             "scales",
             "style_weight",
             "content_weight",
@@ -544,7 +562,8 @@ def _style_params(args: argparse.Namespace) -> engine_params.StyleParams:
         if getattr(args, name) is not None
     }
     try:
-        base = engine_params.StyleParams()
+        # The budget first: under one, a preset gives the schedule's shape but not its steps.
+        base = engine_params.StyleParams(seconds=args.seconds)
         if args.preset is not None:
             base = engine_params.with_preset(base, args.preset)
         return base.replace(**given)
@@ -598,7 +617,7 @@ def _stylize(args: argparse.Namespace) -> int:
         )
         decoded = images.decode(args.content)
         stylizer = Stylizer(config, download_progress=sys.stderr.isatty())
-        with _ProgressBar(params.steps) as bar:
+        with _ProgressBar(params.step_count) as bar:
             result = stylizer.stylize(decoded.image, style, params, progress=bar.update)
         data = images.encode(result.image, fmt, quality=args.quality, metadata=decoded.metadata)
     except errors.WeightsError as exc:
@@ -640,5 +659,6 @@ class _ProgressBar:
         self._bar.close()
 
     def update(self, progress: engine_params.Progress) -> None:
+        self._bar.total = progress.steps  # a time budget revises its plan as it goes
         self._bar.set_postfix_str(f"{progress.size}px loss {progress.loss:.4g}", refresh=False)
         self._bar.update(progress.step - self._bar.n)

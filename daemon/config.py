@@ -903,7 +903,16 @@ class _Loader:
         """Defaults, then a style's overrides, then a rule's, built into the engine's objects."""
         merged: dict[str, _Setting] = {}
         for layer in layers:
+            # A step count and a time budget answer one question: the more specific layer's
+            # answer wins over an earlier one's (a preset's steps are not an answer).
+            if "steps" in layer and not layer["steps"].key.endswith(".preset"):
+                merged.pop("seconds", None)
+            elif "seconds" in layer and layer["seconds"].value is not None:
+                merged.pop("steps", None)
             merged.update(layer)
+        budgeted = "seconds" in merged and merged["seconds"].value is not None
+        if budgeted and "steps" in merged and merged["steps"].key.endswith(".preset"):
+            del merged["steps"]  # the budget plans the steps; the preset gives the shape
         params_args = {k: s.value for k, s in merged.items() if k in PARAM_KEYS}
         try:
             params = StyleParams(**params_args)  # type: ignore[arg-type]

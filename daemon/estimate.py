@@ -83,7 +83,7 @@ def measure(stylizer: Stylizer, style: StyleSpec, params: StyleParams) -> StepCo
         width, height = working_size(ASPECT, edge)
         # Noise: the step time does not depend on what the picture shows.
         photo = Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3))
-        small = params.replace(size=edge, steps=WARMUP_STEPS + TIMED_STEPS, scales=1)
+        small = params.replace(size=edge, steps=WARMUP_STEPS + TIMED_STEPS, seconds=None, scales=1)
         reports: list[Progress] = []
         stylizer.stylize(photo, style, small, progress=reports.append)
         points.append((width * height, step_seconds(reports)))

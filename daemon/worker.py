@@ -340,6 +340,10 @@ class Worker:
             seconds=round(seconds, 2),
             device=result.device,
             result="done",
+            budget_seconds=result.budget_seconds,
+            optimise_seconds=round(result.optimise_seconds, 2),
+            schedule=[list(scale) for scale in result.schedule],
+            upsampled_from=result.upsampled_from,
         )
 
     def _out_of_memory(self, items: list[_Item], exc: Exception) -> None:

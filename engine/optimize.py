@@ -141,6 +141,9 @@ class StepReport:
     first_step: int  # steps done before this scale
     total_steps: int
     started: float  # time.perf_counter() at the start of the run
+    # Under a time budget the last scale runs until its time is up: its current estimate of the
+    # run's steps, given the steps done so far. None: total_steps holds.
+    estimate: Callable[[int], int] | None = None
 
 
 def run_scale(
@@ -243,7 +246,7 @@ def _report(
                     scales=report.scales,
                     size=report.size,
                     step=step,
-                    steps=report.total_steps,
+                    steps=report.total_steps if report.estimate is None else report.estimate(step),
                     loss=value,
                     seconds=seconds,
                 )

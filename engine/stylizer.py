@@ -20,6 +20,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from engine import color, losses
+from engine.budget import LAST_SCALE_STRETCH, BudgetRun, ScaleClock, chain
 from engine.errors import BadImageError, EngineError, OutOfMemoryError, StyleError
 from engine.images import decode, resize_long_edge
 from engine.optimize import (
@@ -39,6 +40,7 @@ from engine.params import (
     StyleParams,
     StyleSpec,
 )
+from engine.planner import StepCosts
 from engine.tiles import Tile, feather, tile_grid
 from engine.vgg import LAYER_INDEX, VGGFeatures, load_vgg19_features, min_input_edge
 
@@ -69,10 +71,20 @@ class Stylized:
     """One finished photo."""
 
     image: Image.Image  # RGB, long edge = params.size
-    loss: LossTerms  # at the end, evaluated in fp32
+    # At the end, at the size optimised (under upsampled_from, that smaller one).
+    loss: LossTerms
     steps: int
     seconds: float  # wall time of the batch it was part of
     device: str
+    # The time budget this photo's group of the batch was planned to (None: none was set).
+    budget_seconds: float | None = None
+    # The group's optimisation time on the Stylizer's clock (planning and calibration included).
+    optimise_seconds: float = 0.0
+    # (long edge, steps) per scale that ran; a tiled run ends with (size, steps per tile).
+    schedule: tuple[tuple[int, int], ...] = ()
+    # The long edge the optimisation ended at when the budget was too small for one step at
+    # the output's size; the result was upsampled from it. None: optimised at full size.
+    upsampled_from: int | None = None
 
 
 # Told of each photo as soon as it is finished, with its position in the batch.
@@ -196,6 +208,9 @@ class Stylizer:
         self._budget_factor = 1.0
         # How often style targets were computed rather than found in the cache.
         self.target_computations = 0
+        # What an optimisation step costs on this device at this precision, by pixels per pass:
+        # calibrated once, refined by every scale that runs under a time budget.
+        self.step_costs = StepCosts()
 
     def pixel_budget(self) -> int:
         """Photo pixels one optimisation pass may hold within the memory budget."""
@@ -291,8 +306,21 @@ class Stylizer:
         `resume` maps a photo's index to such a snapshot: that photo starts from its image and
         runs only what is left of its schedule (L-BFGS's history starts afresh). A snapshot that
         does not fit the photo (another size, another schedule's end) is ignored, with a warning.
+
+        With `params.seconds` and no explicit `params.steps`, the scales and steps are planned to
+        fill that time budget (the batch's: its groups share it by pixels) from measured step
+        costs, and the clock is checked between steps (see engine.planner). A step count given
+        beside `seconds` wins; the budget is then ignored, with a warning.
         """
         self._check_layers(params)
+        if params.seconds is not None and params.steps is not None:
+            log.warning(
+                "budget_ignored",
+                seconds=params.seconds,
+                steps=params.steps,
+                reason="an explicit step count wins over a time budget",
+            )
+        batch_started = self._clock()
         results: list[Stylized | None] = [None] * len(contents)
         groups: dict[tuple[tuple[int, int], _Resume | None], list[int]] = {}
         for index, content in enumerate(contents):
@@ -307,7 +335,15 @@ class Stylizer:
             # As many photos per pass as the memory budget holds (at least one: it may tile).
             per_pass = max(1, budget // (shape[0] * shape[1]))
             chunks += [(point, indices[i : i + per_pass]) for i in range(0, len(indices), per_pass)]
+        pixels_left = sum(_pixels(contents[i[0]].size, params.size) * len(i) for _, i in chunks)
         for point, indices in chunks:
+            group_budget: float | None = None
+            if params.budgeted and params.seconds is not None:
+                # The batch's budget, shared by pixels among the groups still to run.
+                pixels = _pixels(contents[indices[0]].size, params.size) * len(indices)
+                time_left = max(0.0, params.seconds - (self._clock() - batch_started))
+                group_budget = time_left * pixels / max(1, pixels_left)
+                pixels_left -= pixels
             starts = None
             if point is not None and resume is not None:
                 starts = [resume[i].image for i in indices]
@@ -322,6 +358,7 @@ class Stylizer:
                 start_images=starts,
                 snapshot=snapshot,
                 snapshot_every=snapshot_every,
+                budget_seconds=group_budget,
             )
             for index, result in zip(indices, images, strict=True):
                 results[index] = result
@@ -373,31 +410,57 @@ class Stylizer:
         start_images: Sequence[Image.Image] | None = None,
         snapshot: SnapshotCallback | None = None,
         snapshot_every: float = 10.0,
+        budget_seconds: float | None = None,
     ) -> list[Stylized]:
         """Photos of one working size, small enough together for the memory budget; a single
-        photo larger than the budget is optimised at a size that fits, then refined in tiles."""
+        photo larger than the budget is optimised at a size that fits, then refined in tiles
+        (under a time budget: at a size that fits, then upsampled)."""
         started = time.perf_counter()
+        clock_started = self._clock()
         final = working_size(contents[0].size, params.size)
         photos = torch.cat(
             [self._to_tensor(resize_long_edge(c.convert("RGB"), params.size)) for c in contents]
         )
+        min_edge = min_input_edge(_layers(params))
+        pixel_budget = self.pixel_budget()
+        run: BudgetRun | None = None
+        upsampled_from: int | None = None
+        if budget_seconds is not None:
+            count = len(contents)
+            run = BudgetRun(
+                budget_seconds,
+                clock=self._clock,
+                costs=self.step_costs,
+                pixels=lambda edge: _pixels(final, edge) * count,
+                ratio=params.scale_step_ratio,
+            )
         if start is not None:
             schedule = start.schedule
+            if run is not None and not self.step_costs.points:
+                self._calibrate(photos, style, params, final, schedule[start.scale - 1][0])
+                run.costs = self.step_costs
+        elif run is not None:
+            ladder = _ladder(final, params, min_edge, len(contents), pixel_budget)
+            if not self.step_costs.points:
+                coarsest = (ladder(params.size) or [min(params.size, min_edge * 4)])[0]
+                self._calibrate(photos, style, params, final, coarsest)
+                run.costs = self.step_costs
+            planned = run.first_plan(params.size, ladder)
+            schedule, upsampled_from = planned.schedule, planned.upsampled_from
         else:
-            schedule = fitted_schedule(final, params, min_input_edge(_layers(params)))
-        budget = self.pixel_budget()
-        tiled = final[0] * final[1] > budget
+            schedule = fitted_schedule(final, params, min_edge)
+        tiled = run is None and final[0] * final[1] > pixel_budget
         # Tiled: every scale that fits runs whole; the last (full-size) scale runs tile by tile.
-        whole = [(e, n) for e, n in schedule[:-1] if _pixels(final, e) <= budget] if tiled else []
+        whole = [(e, n) for e, n in schedule[:-1] if _pixels(final, e) <= pixel_budget]
         if tiled and not whole:
-            whole = [(_fitting_edge(final, params.size, budget), schedule[0][1])]
+            whole = [(_fitting_edge(final, params.size, pixel_budget), schedule[0][1])]
         plan = StepPlan(
             whole if tiled else list(schedule),
             tile_steps=schedule[-1][1] if tiled else 0,
-            tiles=tile_grid(final[1], final[0], _tile_edge(budget)) if tiled else [],
+            tiles=tile_grid(final[1], final[0], _tile_edge(pixel_budget)) if tiled else [],
         )
         try:
-            image, final_loss = self._optimise(
+            image, final_loss, ran = self._optimise(
                 photos,
                 style,
                 params,
@@ -408,11 +471,10 @@ class Stylizer:
                 should_stop=should_stop,
                 start=start,
                 start_images=start_images,
-                snapshots=_Snapshots(
-                    snapshot, snapshot_every, self._clock, tuple(indices), schedule
-                )
+                snapshots=_Snapshots(snapshot, snapshot_every, self._clock, tuple(indices))
                 if snapshot is not None and not plan.tiles
                 else None,
+                run=run,
             )
             if params.preserve_colors == "luminance":
                 image = color.keep_luminance(image, photos)
@@ -422,17 +484,57 @@ class Stylizer:
                 f"out of memory on {self.device} for {len(contents)} photo(s) at "
                 f"{params.size} px: lower engine.memory_budget_mb, the batch or the size"
             ) from exc
+        finally:
+            if run is not None:
+                self.step_costs = run.costs
         seconds = time.perf_counter() - started
+        used = self._clock() - clock_started
+        if upsampled_from is not None:
+            log.info(
+                "budget_upsampled",
+                budget_seconds=budget_seconds,
+                size=params.size,
+                optimised_size=upsampled_from,
+                reason="one step at the full size does not fit the budget",
+            )
         return [
             Stylized(
                 image=_to_pil(image[i]),
                 loss=final_loss[i],
-                steps=plan.total,
+                steps=sum(n for _, n in ran),
                 seconds=seconds,
                 device=str(self.device),
+                budget_seconds=budget_seconds,
+                optimise_seconds=used,
+                schedule=ran,
+                upsampled_from=upsampled_from,
             )
             for i in range(len(contents))
         ]
+
+    def _calibrate(
+        self,
+        photos: torch.Tensor,
+        style: StyleSpec,
+        params: StyleParams,
+        final: tuple[int, int],
+        edge: int,
+    ) -> None:
+        """Measure a step at `edge` (the coarsest of a plan: cheap) before the first plan of the
+        process; the others are measured as they run, and larger sizes estimated from it."""
+        width, height = working_size(final, edge)
+        photo = _resize(photos, height, width)
+        objective = self._objective(photo, style, params, edge)
+        image = photo.detach().clone().requires_grad_(True)
+        times = [self._clock()]
+        for _ in range(2):  # the first pass carries the allocator's and the kernels' set-up
+            image.grad = None
+            objective.loss(image).backward()  # type: ignore[no-untyped-call]
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            times.append(self._clock())
+        pixels = width * height * photos.shape[0]
+        self.step_costs = self.step_costs.measured(pixels, times[-1] - times[-2])
 
     def _optimise(
         self,
@@ -448,17 +550,31 @@ class Stylizer:
         start: _Resume | None = None,
         start_images: Sequence[Image.Image] | None = None,
         snapshots: _Snapshots | None = None,
-    ) -> tuple[torch.Tensor, list[LossTerms]]:
+        run: BudgetRun | None = None,
+    ) -> tuple[torch.Tensor, list[LossTerms], tuple[tuple[int, int], ...]]:
+        """The optimised pixels at the final working size, their losses, and the schedule that
+        ran ((long edge, steps) per scale that ran any, whole steps of a resumed run included)."""
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         image: torch.Tensor | None = None
+        objective: Objective | None = None
         done = 0
         first = 1
         if start is not None and start_images is not None:
             image = torch.cat([self._to_tensor(picture) for picture in start_images])
             done, first = start.step, start.scale
-        scales = len(plan.whole) + (1 if plan.tiles else 0)
-        for number, (long_edge, steps) in enumerate(plan.whole, start=1):
-            if number < first:
+        # Revised before each scale under a time budget, and set to what ran after it.
+        schedule = list(plan.whole)
+        scales = len(schedule) + (1 if plan.tiles else 0)
+        for number in range(first, len(schedule) + 1):
+            if run is not None and start is None and number > 1:
+                revised = run.replan([e for e, _ in schedule[number - 1 :]])
+                schedule[number - 1 :] = [(e, revised[e]) for e, _ in schedule[number - 1 :]]
+            long_edge = schedule[number - 1][0]
+            before = sum(n for _, n in schedule[: number - 1])
+            # A resumed scale runs only the steps it had left.
+            left = before + schedule[number - 1][1] - done
+            last = number == len(schedule)
+            if left <= 0 and not last:
                 continue
             width, height = working_size(final, long_edge)
             photo = _resize(photos, height, width)
@@ -467,14 +583,21 @@ class Stylizer:
             else:
                 image = _resize(image, height, width).clamp(0, 1)
             objective = self._objective(photo, style, params, long_edge)
-            # A resumed scale runs only the steps it had left.
-            left = sum(n for _, n in plan.whole[:number]) - done if number == first else steps
             if left <= 0:
                 continue
-            report = StepReport(number, scales, long_edge, done, plan.total, started)
-            after_step: AfterStep | None = None
-            if snapshots is not None:
-                after_step = snapshots.hook(number, done)
+            total = sum(n for _, n in schedule) + plan.tile_steps * len(plan.tiles)
+            report = StepReport(number, scales, long_edge, done, total, started)
+            timer: ScaleClock | None = None
+            if run is not None:
+                later = [e for e, n in schedule[number:] if n > 0]
+                timer = run.scale(long_edge, left, later, last_edge=schedule[-1][0])
+                if last and start is None:
+                    # Steps turn out cheaper or dearer than planned: the clock decides.
+                    left = left * LAST_SCALE_STRETCH
+                    report = dataclasses.replace(report, estimate=timer.estimate)
+            # What a snapshot says is running: this scale with as many steps as it may take.
+            running = (*schedule[: number - 1], (long_edge, done - before + left))
+            running += tuple(schedule[number:])
             image = run_scale(
                 objective,
                 image,
@@ -483,15 +606,28 @@ class Stylizer:
                 progress=progress,
                 should_stop=should_stop,
                 graphs=self.graphs,
-                after_step=after_step,
+                after_step=chain(
+                    None if snapshots is None else snapshots.hook(number, done, running),
+                    None if timer is None else timer.after_step,
+                ),
             )
+            if timer is not None:
+                timer.finish()
+                left = timer.steps
             done += left
+            schedule[number - 1] = (long_edge, done - before)
         assert image is not None
+        assert objective is not None
+        ran = tuple((e, n) for e, n in schedule if n > 0)
         if not plan.tiles:
-            return image, objective.evaluate(image)
+            losses_at_end = objective.evaluate(image)
+            if image.shape[2:] != (final[1], final[0]):
+                # Optimised at a smaller size than the output's (a budget too small for it).
+                image = _resize(image, final[1], final[0]).clamp(0, 1)
+            return image, losses_at_end, ran
         image = _resize(image, final[1], final[0]).clamp(0, 1)
         report = StepReport(scales, scales, params.size, done, plan.total, started)
-        return self._refine_tiles(
+        refined, tile_losses = self._refine_tiles(
             photos,
             image,
             style,
@@ -501,6 +637,7 @@ class Stylizer:
             progress=progress,
             should_stop=should_stop,
         )
+        return refined, tile_losses, (*ran, (params.size, plan.tile_steps))
 
     def _refine_tiles(
         self,
@@ -697,17 +834,18 @@ class _Snapshots:
         every: float,
         clock: Callable[[], float],
         indices: tuple[int, ...],
-        schedule: tuple[tuple[int, int], ...],
     ) -> None:
         self._callback = callback
         self._every = every
         self._clock = clock
         self._indices = indices
-        self._schedule = schedule
         self._last = clock()
 
-    def hook(self, scale: int, done_before: int) -> AfterStep:
-        """The after-step check of one scale whose first step is step `done_before` + 1."""
+    def hook(
+        self, scale: int, done_before: int, schedule: tuple[tuple[int, int], ...]
+    ) -> AfterStep:
+        """The after-step check of one scale of `schedule` whose first step is step
+        `done_before` + 1."""
 
         def after_step(step: int, image: torch.Tensor) -> bool:
             now = self._clock()
@@ -718,7 +856,7 @@ class _Snapshots:
                 self._callback(
                     Snapshot(
                         index=index,
-                        schedule=self._schedule,
+                        schedule=schedule,
                         scale=scale,
                         step=done_before + step,
                         image=_to_pil(image[i]),
@@ -727,6 +865,25 @@ class _Snapshots:
             return False
 
         return after_step
+
+
+def _ladder(
+    final: tuple[int, int], params: StyleParams, min_edge: int, count: int, pixel_budget: int
+) -> Callable[[int], list[int]]:
+    """For the planner: the coarse-to-fine edges of a run that ends at a given edge (params'
+    scales, those the network can see), or none when that edge is too small for the network
+    or too large for the memory budget (a budgeted run upsamples rather than tiles)."""
+
+    def ladder(edge: int) -> list[int]:
+        if edge < 16 or min(working_size(final, edge)) < min_edge:
+            return []
+        if _pixels(final, edge) * count > pixel_budget:
+            return []
+        sizes = params.replace(size=edge, min_scale_size=min(edge, params.min_scale_size))
+        coarse = sizes.scale_sizes()[:-1]
+        return [e for e in coarse if min(working_size(final, e)) >= min_edge] + [edge]
+
+    return ladder
 
 
 def _pixels(size: tuple[int, int], long_edge: int) -> int:

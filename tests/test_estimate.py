@@ -62,7 +62,8 @@ def test_estimate_measures_this_machine_and_prices_every_rule(
         "input: inbox\noutput: outbox\nstate: state\n"
         f"engine: {{device: cpu, weights: {vgg_checkpoint}, download: false}}\n"
         "styles: {s: {image: paint.jpg}}\ndefaults: {size: 128, steps: 20, scales: 2}\n"
-        "rules: [{match: 'a/**', styles: [s], steps: 40}, {match: '**', styles: [s]}]\n"
+        "rules: [{match: 'a/**', styles: [s], steps: 40}, {match: '**', styles: [s]},\n"
+        "        {match: 'b/**', styles: [s], seconds: 30}]\n"
     )
     with pytest.raises(SystemExit) as info:
         main(["estimate", "-c", str(config)])
@@ -74,5 +75,9 @@ def test_estimate_measures_this_machine_and_prices_every_rule(
     assert out[1].startswith("rule 0 (a/**), style s: a 3:2 photo at 128 px, 40 steps")
     assert out[2].startswith("rule 1 (**), style s: a 3:2 photo at 128 px, 20 steps")
     assert all(" about " in line for line in out[1:3])
-    assert out[3].startswith("the network loaded in")
-    assert len(out) == 4  # one measurement: both rules share what a step costs
+    # A time budget is its own estimate: the engine plans the steps to fill it.
+    assert (
+        out[3] == "rule 2 (b/**), style s: a 3:2 photo at 128 px within its time budget: about 30 s"
+    )
+    assert out[4].startswith("the network loaded in")
+    assert len(out) == 5  # one measurement: the rules share what a step costs

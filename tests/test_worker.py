@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import pytest
+import structlog
 from PIL import Image
 from structlog.testing import capture_logs
 
@@ -274,6 +275,7 @@ def test_a_stopped_job_resumes_from_its_snapshot_which_goes_once_it_is_done(
     assert set(states(journal).values()) == {"queued"}  # released, to be taken again
     assert sorted(p.suffix for p in store.folder.iterdir()) == [".json", ".json", ".png", ".png"]
     engine.stop = False
+    structlog.reset_defaults()  # a CLI test before may have left warning-level filtering
     with capture_logs() as logs:
         worker.run_once()
     resumed = engine.resumed[-1]
@@ -296,6 +298,7 @@ def test_a_snapshot_of_other_content_or_settings_is_ignored_and_removed(setup) -
     store.save(job, Snapshot(0, ((16, 1),), 1, 1, Image.new("RGB", (16, 8))))
     assert store.load(job, 0) is not None
     other = dataclasses.replace(job, fingerprint="0" * 64)
+    structlog.reset_defaults()
     with capture_logs() as logs:
         assert store.load(other, 0) is None
     assert logs[0]["event"] == "snapshot_ignored"
