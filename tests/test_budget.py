@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -236,6 +236,11 @@ class BudgetEngine:
         *,
         progress: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        # The worker's hand-over and snapshot hooks (daemon.worker.Engine); results come at the end.
+        on_result: Callable[[int, Stylized], None] | None = None,
+        snapshot: Callable[[Snapshot], None] | None = None,
+        snapshot_every: float = 10.0,
+        resume: Mapping[int, Snapshot] | None = None,
     ) -> list[Stylized]:
         return [
             Stylized(
