@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test soak bench install check-unit clean
+.PHONY: run test soak bench install check-unit clean link
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,20 @@ $(STAMP): pyproject.toml
 
 # The service on the example config. A sample photo is dropped into the inbox so that the first
 # artwork appears in run/outbox; copy more photos into run/inbox while it runs. Ctrl-C stops it.
+# `estimate` times a few steps on this machine first and says how long a photo will take.
 run: $(STAMP)
 	mkdir -p run/inbox
 	[ -n "$$(ls -A run/inbox)" ] || cp samples/chelsea.png run/inbox/
 	$(BIN)/stylewatch check -c config.example.yaml
+	$(BIN)/stylewatch estimate -c config.example.yaml
 	$(BIN)/stylewatch run -c config.example.yaml
+
+# `stylewatch` on your PATH: a link in ~/.local/bin to the one in .venv/bin.
+link: $(STAMP)
+	mkdir -p $(HOME)/.local/bin
+	ln -sf $(abspath $(BIN))/stylewatch $(HOME)/.local/bin/stylewatch
+	@case ":$$PATH:" in *":$(HOME)/.local/bin:"*) ;; \
+	  *) echo "note: $(HOME)/.local/bin is not on your PATH; add it in your shell's profile" ;; esac
 
 test: $(STAMP)
 	$(BIN)/ruff check engine daemon tests bench

@@ -78,7 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     one.add_argument("--size", type=int, help=f"long edge in pixels (default {defaults.size})")
     one.add_argument(
-        "--steps", type=int, help=f"optimisation steps over all scales (default {defaults.steps})"
+        "--steps",
+        type=int,
+        help=f"optimisation steps over all scales (default {engine_params.DEFAULT_STEPS})",
+    )
+    one.add_argument(
+        "--seconds",
+        type=float,
+        help="time budget of the optimisation: scales and steps are planned to fill it on this "
+        "machine (--steps beside it wins)",
     )
     one.add_argument(
         "--scales",
@@ -120,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument(
         "--precision",
         choices=engine_params.PRECISIONS,
-        default="fp32",
-        help="network precision; auto: bf16 where the hardware runs it natively (default fp32)",
+        default=engine_params.EngineConfig().precision,
+        help="network precision; auto: bf16 where the hardware runs it natively, else fp32 "
+        "(default auto)",
     )
     one.add_argument(
         "--weights", type=Path, help="VGG19 checkpoint file (default: torch's hub cache)"
@@ -155,12 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watch the input folder and stylize every new photo.",
     )
     _config_argument(run)
-    run.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    run.add_argument(
+        "--log-level", help="debug, info, warning or error (default: the config's logging.level)"
+    )
     run.add_argument(
         "--log-format",
         choices=("auto", "console", "json"),
-        default="auto",
-        help="auto: console on a terminal, JSON lines otherwise (default)",
+        help="auto: console on a terminal, JSON lines otherwise (default: the config's "
+        "logging.format)",
     )
     run.set_defaults(handler=_run)
 
@@ -171,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_argument(check)
     check.set_defaults(handler=_check)
+
+    estimate = commands.add_parser(
+        "estimate",
+        help="how long one photo takes here, measured",
+        description="Time a few optimisation steps at two small sizes on this machine, with the "
+        "config's engine settings, and price each rule's schedule (steps per scale) with them.",
+    )
+    _config_argument(estimate)
+    estimate.set_defaults(handler=_estimate)
 
     status = commands.add_parser("status", help="what happened to the photos (from the journal)")
     _config_argument(status)
@@ -269,16 +289,22 @@ def _run(args: argparse.Namespace) -> int:
 
     # Outputs and the journal are readable by others but writable only by the service user.
     os.umask(0o022)
-    try:
-        logs.configure(level=args.log_level, renderer=args.log_format)
-    except ValueError as exc:
-        raise CliError(str(exc), ExitCode.USAGE) from exc
+    if args.log_level is not None:
+        try:  # a bad flag is refused before the config is read
+            logs.configure(level=args.log_level)
+        except ValueError as exc:
+            raise CliError(str(exc), ExitCode.USAGE) from exc
     try:
         service = Service(args.config)
     except ConfigError as exc:
         raise CliError(f"invalid config\n{exc}", ExitCode.CONFIG) from exc
     except OSError as exc:
         raise CliError(f"cannot read config {args.config}: {exc}", ExitCode.CONFIG) from exc
+    settings = service.config.logging
+    logs.configure(
+        level=args.log_level or settings.level, renderer=args.log_format or settings.format
+    )
+    _apply_threads(service.config)
     service.install_signal_handlers(early.seen)
     try:
         service.run()
@@ -291,6 +317,88 @@ def _run(args: argparse.Namespace) -> int:
         # TEMPFAIL lets systemd restart the service; CONFIG (78) would stop it for good.
         raise CliError(str(exc), ExitCode.TEMPFAIL) from exc
     return ExitCode.OK
+
+
+def _apply_threads(config: Any) -> None:
+    if config.engine.threads is not None:
+        import torch
+
+        # Before the engine is built: torch sizes its thread pool on first use.
+        torch.set_num_threads(config.engine.threads)
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    import time
+
+    from daemon import estimate
+    from engine import errors
+    from engine.stylizer import Stylizer
+
+    config = _load(args.config)
+    _apply_threads(config)
+    started = time.perf_counter()
+    try:
+        stylizer = Stylizer(config.engine.engine, download_progress=sys.stderr.isatty())
+    except errors.WeightsError as exc:
+        raise CliError(str(exc), ExitCode.CONFIG) from exc
+    except errors.EngineError as exc:
+        raise CliError(str(exc), ExitCode.TEMPFAIL) from exc
+    loaded = time.perf_counter() - started
+    costs: dict[engine_params.StyleParams, estimate.StepCost] = {}
+    shown: set[tuple[str, int, tuple[tuple[int, int], ...]]] = set()
+    width, height = estimate.ASPECT
+    try:
+        for rule in config.rules:
+            for target in rule.targets:
+                params = target.settings.params
+                line = (target.style_name, params.size, params.schedule())
+                if line in shown:
+                    continue
+                shown.add(line)
+                where = f"rule {rule.index} ({' | '.join(rule.match)}), style {target.style_name}"
+                if params.budgeted:
+                    # The engine plans the steps to fill the budget: the budget is the answer.
+                    sys.stdout.write(
+                        f"{where}: a {width}:{height} photo at {params.size} px within its time "
+                        f"budget: about {_duration(params.seconds or 0.0)}\n"
+                    )
+                    continue
+                # What a step costs does not depend on the schedule or the painting's scale.
+                key = params.replace(size=64, steps=1, seconds=None, scales=1, style_scale=1.0)
+                if key not in costs:
+                    costs[key] = estimate.measure(stylizer, target.style, params)
+                    cost = costs[key]
+                    sys.stdout.write(
+                        f"measured on {stylizer.device} ({stylizer.precision}): "
+                        + ", ".join(
+                            f"{cost.seconds(w * h):.3f} s/step at {w}x{h}"
+                            for w, h in (
+                                estimate.working_size(estimate.ASPECT, edge)
+                                for edge in estimate.SIZES
+                            )
+                        )
+                        + "\n"
+                    )
+                seconds = estimate.predict(costs[key], params)
+                sys.stdout.write(
+                    f"{where}: a {width}:{height} photo at {params.size} px, {params.step_count} "
+                    f"steps over {len(params.schedule())} scale(s): about {_duration(seconds)}\n"
+                )
+    except errors.StyleError as exc:
+        raise CliError(str(exc), ExitCode.DATAERR) from exc
+    finally:
+        stylizer.close()
+    sys.stdout.write(
+        f"the network loaded in {loaded:.1f} s; a style's first photo also computes its "
+        "targets (seconds), and bigger or smaller photos scale with their pixels\n"
+    )
+    return ExitCode.OK
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -314,23 +422,50 @@ def _check(args: argparse.Namespace) -> int:
     try:
         weights = resolve_weights(engine.weights, engine.preprocess, download=False)
         sys.stdout.write(f"weights: {weights}\n")
-    except errors.WeightsError as exc:
+    except errors.WeightsError:
+        missing = _missing_weights(args.config, engine)
         if engine.download and engine.weights is None:
-            sys.stdout.write(f"weights: not there yet; `stylewatch run` downloads them ({exc})\n")
+            # Whether the download will work is known only by trying it; check stays offline.
+            sys.stderr.write(f"stylewatch: warning: {missing}\n")
         else:
-            problems.append(str(exc))
+            problems.append(missing)
     sys.stdout.write(f"input: {config.input}\noutput: {config.output}\nstate: {config.state}\n")
     for rule in config.rules:
         for target in rule.targets:
             p = target.settings.params
             sys.stdout.write(
                 f"rule {rule.index}: {' | '.join(rule.match)} -> style {target.style_name} "
-                f"(size {p.size}, steps {p.steps}, format {target.settings.output.format})\n"
+                f"(size {p.size}, "
+                f"{f'budget {p.seconds:g} s' if p.budgeted else f'steps {p.step_count}'}, "
+                f"format {target.settings.output.format})\n"
             )
     if problems:
         raise CliError("\n".join(problems), ExitCode.CONFIG)
     sys.stdout.write("config OK\n")
     return ExitCode.OK
+
+
+def _missing_weights(config_path: Path, engine: engine_params.EngineConfig) -> str:
+    """What `check` says when the checkpoint is not there: what happens next and how to fix it."""
+    from engine import vgg
+
+    known = vgg.KNOWN_CHECKPOINTS[engine.preprocess]
+    if engine.weights is not None:
+        path = Path(engine.weights).expanduser()
+        why = "engine.weights names it, so it is never downloaded"
+    else:
+        path = vgg.hub_checkpoint_path(engine.preprocess)
+        why = "engine.download is off" if not engine.download else ""
+    fix = (
+        f"run `stylewatch weights fetch -c {config_path}` (it downloads {known.url}), "
+        f"or copy the file to {path}"
+    )
+    if why:
+        return f"VGG19 weights missing at {path} ({why}): {fix}"
+    return (
+        f"VGG19 weights not at {path} yet: a download will be tried at start; "
+        f"without internet access the service cannot start: {fix}"
+    )
 
 
 def _weights_command(args: argparse.Namespace) -> int:
@@ -536,6 +671,7 @@ def _style_params(args: argparse.Namespace) -> engine_params.StyleParams:
         for name in (
             "size",
             "steps",
+            "seconds",
             "scales",
             "style_weight",
             "content_weight",
@@ -550,7 +686,8 @@ def _style_params(args: argparse.Namespace) -> engine_params.StyleParams:
         if getattr(args, name) is not None
     }
     try:
-        base = engine_params.StyleParams()
+        # The budget first: under one, a preset gives the schedule's shape but not its steps.
+        base = engine_params.StyleParams(seconds=args.seconds)
         if args.preset is not None:
             base = engine_params.with_preset(base, args.preset)
         return base.replace(**given)
@@ -585,6 +722,13 @@ def _stylize(args: argparse.Namespace) -> int:
         fmt = images.format_for_suffix(args.output.suffix)
     except ValueError as exc:
         raise CliError(f"{args.output}: {exc}", ExitCode.USAGE) from exc
+    # Checked before minutes of work, and never created: a typo in the folder would otherwise
+    # scatter results into new folders.
+    folder = args.output.parent
+    if not folder.is_dir():
+        raise CliError(
+            f"cannot write {args.output}: the folder {folder} does not exist", ExitCode.CANTCREAT
+        )
     if not 1 <= args.quality <= 100:
         raise CliError("--quality must be between 1 and 100", ExitCode.USAGE)
     try:
@@ -597,7 +741,7 @@ def _stylize(args: argparse.Namespace) -> int:
         )
         decoded = images.decode(args.content)
         stylizer = Stylizer(config, download_progress=sys.stderr.isatty())
-        with _ProgressBar(params.steps) as bar:
+        with _ProgressBar(params.step_count) as bar:
             result = stylizer.stylize(decoded.image, style, params, progress=bar.update)
         data = images.encode(
             result.image,
@@ -646,5 +790,6 @@ class _ProgressBar:
         self._bar.close()
 
     def update(self, progress: engine_params.Progress) -> None:
+        self._bar.total = progress.steps  # a time budget revises its plan as it goes
         self._bar.set_postfix_str(f"{progress.size}px loss {progress.loss:.4g}", refresh=False)
         self._bar.update(progress.step - self._bar.n)

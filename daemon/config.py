@@ -29,6 +29,7 @@ from wcmatch import fnmatch as wcfnmatch
 from wcmatch import glob as wcglob
 
 from daemon.errors import ConfigError, Problem
+from daemon.logs import LEVELS, RENDERERS, Renderer
 from engine import formats
 from engine.metadata import METADATA_POLICIES, Credit
 from engine.params import (
@@ -136,6 +137,20 @@ class EngineSettings:
     # A batch that shows no progress for this long counts as stuck: the service stops answering
     # systemd's watchdog, which restarts it. Far above the slowest step of a legitimate job.
     stuck_seconds: float = 600.0
+    # CPU threads torch computes with; None leaves torch's default (one per physical core).
+    # Lower it to leave cores to other services on the same machine.
+    threads: int | None = None
+    # A running job's image is saved to the state folder this often (seconds; 0: never), so that
+    # a stop or a crash resumes it from there instead of from step 0.
+    snapshot_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """How `stylewatch run` logs; its --log-level and --log-format win over these."""
+
+    level: str = "info"  # debug | info | warning | error
+    format: Renderer = "auto"  # auto: console on a terminal, JSON lines otherwise (journald)
 
 
 @dataclass(frozen=True)
@@ -294,6 +309,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,6 +411,54 @@ def load_config(path: str | Path, *, require_input: bool = True) -> Config:
     return _Loader(shown, Path(path).resolve(), require_input=require_input).load(text)
 
 
+def yaml_syntax_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[int | None, str]:
+    """PyYAML's parser wording ("expected <block end>, but found ...") in plain words, with the
+    line it concerns and a caret under the column: (1-based line, message)."""
+    problem, context = exc.problem or "", exc.context or ""
+    mark = exc.problem_mark or exc.context_mark
+    opened = exc.context_mark
+    if "quoted scalar" in context and opened is not None:
+        mark, words = opened, "this quote is never closed: end the value with the same quote"
+    elif "simple key" in context and opened is not None:
+        mark, words = opened, "this line is not `key: value` (a colon is missing)"
+    elif problem.startswith("found character '\\t'"):
+        words = "a tab character: YAML indents with spaces only"
+    elif problem.startswith("found character"):
+        char = problem.split("'")[1] if problem.count("'") >= 2 else "this character"
+        words = f"a value cannot start with {char!r}: put the value in quotes"
+    elif problem.startswith("mapping values are not allowed"):
+        words = (
+            "a colon where none can be: a key indented deeper than the one above it, or a "
+            "value that contains ': ' (put such a value in quotes)"
+        )
+    elif problem.startswith("expected <block end>"):
+        words = (
+            "this line does not line up with the ones above it: keys (and `- ` items) "
+            "of one section need the same indentation"
+        )
+    elif "<stream end>" in problem:
+        words = "the file ends in the middle of a value: a '[' or '{' is never closed"
+    elif ("flow sequence" in context or "flow mapping" in context) and opened is not None:
+        bracket = "[" if "sequence" in context else "{"
+        words = (
+            f"the {bracket!r} opened on line {opened.line + 1} is not closed here "
+            "(or a comma is missing between its items)"
+        )
+    elif problem.startswith("found undefined alias"):
+        words = f"{problem.split()[-1]} names an anchor (`&name`) that is not defined above it"
+    else:
+        words = problem or context or "syntax error"
+    if mark is None:
+        return None, f"invalid YAML: {words}"
+    lines = text.splitlines()
+    if mark.line >= len(lines):
+        return mark.line + 1, f"invalid YAML: {words} (at the end of the file)"
+    source = lines[mark.line]
+    # Tabs are kept under the line so that the caret stays under its column.
+    pad = "".join(c if c == "\t" else " " for c in source[: mark.column])
+    return mark.line + 1, f"invalid YAML: {words}\n    {source}\n    {pad}^"
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 
@@ -419,9 +483,11 @@ _TOP_KEYS = (
     "defaults",
     "rules",
     "retry",
+    "logging",
 )
 _RETRY_KEYS = tuple(f.name for f in dataclasses.fields(RetrySettings))
 _FACE_KEYS = ("web", "hooks", "metrics")  # read by `stylewatch web`, hooks and metrics
+_LOGGING_KEYS = ("level", "format")
 _WATCH_KEYS = tuple(f.name for f in dataclasses.fields(WatchConfig))
 _ENGINE_KEYS = (
     "device",
@@ -434,6 +500,8 @@ _ENGINE_KEYS = (
     "stuck_seconds",
     "memory_budget_mb",
     "cuda_graphs",
+    "threads",
+    "snapshot_seconds",
 )
 _STYLE_KEYS = ("image", "images", "credit")
 _RULE_KEYS = ("match", "styles", "output")
@@ -457,10 +525,8 @@ class _Loader:
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = None if mark is None else mark.line + 1
-            what = exc.problem or exc.context or "syntax error"
-            raise ConfigError([Problem(self.shown, line, "", f"invalid YAML: {what}")]) from None
+            line, message = yaml_syntax_problem(exc, text)
+            raise ConfigError([Problem(self.shown, line, "", message)]) from None
         except yaml.YAMLError as exc:
             raise ConfigError([Problem(self.shown, None, "", f"invalid YAML: {exc}")]) from None
         if root is None:
@@ -473,6 +539,7 @@ class _Loader:
         watch = self.watch(top.get("watch"))
         retry = self.retry(top.get("retry"))
         engine = self.engine(top.get("engine"))
+        logging_settings = self.logging(top.get("logging"))
         defaults_layer = self.overrides(
             self.section(top.get("defaults"), "defaults", SETTING_KEYS), "defaults"
         )
@@ -501,6 +568,7 @@ class _Loader:
             web=web,
             hooks=hooks,
             metrics=metrics,
+            logging=logging_settings,
         )
 
     def folder(self, top: _Fields, name: str, root: yaml.Node) -> Path | None:
@@ -702,6 +770,8 @@ class _Loader:
         changes: dict[str, object] = {}
         batch_size: object = 4
         stuck_seconds: object = 600.0
+        threads: object = None
+        snapshot_seconds: object = 10.0
         for name, (_, node) in fields.items():
             key = f"engine.{name}"
             value: object = _INVALID
@@ -736,6 +806,12 @@ class _Loader:
                 batch_size = self.integer(node, key, lambda v: 1 <= v <= 64, "between 1 and 64")
             elif name == "stuck_seconds":
                 stuck_seconds = self.real(node, key, lambda v: v > 0, "a number of seconds > 0")
+            elif name == "snapshot_seconds":
+                snapshot_seconds = self.real(
+                    node, key, lambda v: v >= 0, "a number of seconds >= 0"
+                )
+            elif name == "threads":
+                threads = self.integer(node, key, lambda v: 1 <= v <= 1024, "between 1 and 1024")
             if value is not _INVALID:
                 changes[name] = value
         try:
@@ -747,7 +823,19 @@ class _Loader:
             engine,
             batch_size if isinstance(batch_size, int) else 4,
             float(stuck_seconds) if isinstance(stuck_seconds, int | float) else 600.0,
+            threads if isinstance(threads, int) else None,
+            float(snapshot_seconds) if isinstance(snapshot_seconds, int | float) else 10.0,
         )
+
+    def logging(self, entry: tuple[yaml.Node, yaml.Node] | None) -> LoggingSettings:
+        fields = self.section(entry, "logging", _LOGGING_KEYS)
+        changes: dict[str, object] = {}
+        for name, (_, node) in fields.items():
+            choices = tuple(LEVELS) if name == "level" else RENDERERS
+            value = self.choice(node, f"logging.{name}", choices)
+            if value is not _INVALID:
+                changes[name] = value
+        return dataclasses.replace(LoggingSettings(), **changes)  # type: ignore[arg-type]
 
     def styles(
         self,
@@ -1051,7 +1139,16 @@ class _Loader:
         """Defaults, then a style's overrides, then a rule's, built into the engine's objects."""
         merged: dict[str, _Setting] = {}
         for layer in layers:
+            # A step count and a time budget answer one question: the more specific layer's
+            # answer wins over an earlier one's (a preset's steps are not an answer).
+            if "steps" in layer and not layer["steps"].key.endswith(".preset"):
+                merged.pop("seconds", None)
+            elif "seconds" in layer and layer["seconds"].value is not None:
+                merged.pop("steps", None)
             merged.update(layer)
+        budgeted = "seconds" in merged and merged["seconds"].value is not None
+        if budgeted and "steps" in merged and merged["steps"].key.endswith(".preset"):
+            del merged["steps"]  # the budget plans the steps; the preset gives the shape
         params_args = {k: s.value for k, s in merged.items() if k in PARAM_KEYS}
         try:
             params = StyleParams(**params_args)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from types import FrameType
 
 import structlog
 
-from daemon import events, rules
+from daemon import events, rules, snapshots
 from daemon.config import Config, load_config
 from daemon.errors import ConfigError
 from daemon.hooks import HookRunner
@@ -29,6 +29,7 @@ from daemon.live import LiveState
 from daemon.metrics import TextfileWriter
 from daemon.notify import Notifier
 from daemon.outputs import OUTPUT_MARKER, claim_output_folder, clean_stale_temporaries
+from daemon.snapshots import SnapshotStore
 from daemon.stability import Signature, StabilityTracker, stat_signature
 from daemon.watcher import Watcher
 from daemon.worker import Engine, Worker, settings_hash, still_planned
@@ -74,6 +75,7 @@ class Service:
         self._wake = threading.Event()  # wakes the main loop
         self._worker_wake = threading.Event()  # wakes the worker: new jobs
         self._reload_requested = False
+        self._stop_now = False  # a second stop signal: abort the running batch at once
         self._tracker = StabilityTracker(self.config.watch.settle_seconds)
         # Signatures of files already taken in, so rescans do not redo intake for unchanged files.
         self._taken: dict[Path, Signature] = {}
@@ -91,6 +93,8 @@ class Service:
     # -- signals: flags only ---------------------------------------------------------------------
 
     def request_stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
+        if self.stop_event.is_set():
+            self._stop_now = True
         self.stop_event.set()
         self._wake.set()
 
@@ -170,7 +174,12 @@ class Service:
         self._prepare_styles(engine, config)
         watcher = Watcher(config, self)
         worker = Worker(
-            journal, engine, lambda: self.config, source_missing=self._source_missing, bus=self.bus
+            journal,
+            engine,
+            lambda: self.config,
+            source_missing=self._source_missing,
+            snapshots=SnapshotStore(config.state / snapshots.FOLDER),
+            bus=self.bus,
         )
         worker_stop = threading.Event()
         worker_thread = threading.Thread(
@@ -216,11 +225,7 @@ class Service:
                 worker.abort()  # its journal is gone: nothing it finishes could be recorded
             watcher.stop()
             if worker_thread.is_alive():
-                worker_thread.join(self._stop_grace)
-                if worker_thread.is_alive():
-                    log.warning("aborting_batch", grace_seconds=self._stop_grace)
-                    worker.abort()
-                    worker_thread.join()
+                self._drain(worker, worker_thread)
             engine.close()
 
     def _main_loop(
@@ -270,6 +275,28 @@ class Service:
                 next_ping = now + (ping_every or 1.0)
             self._wake.wait(self._sleep_time(min(next_status, next_beat), next_ping))
             self._wake.clear()
+
+    def _drain(self, worker: Worker, worker_thread: threading.Thread) -> None:
+        """Let the running batch finish within the grace time; a second signal, or the end of
+        the grace time, aborts it at its next step (its jobs go back to the queue)."""
+        if worker.busy:
+            log.warning(
+                "stop_waiting",
+                sources=list(worker.current),
+                grace_seconds=self._stop_grace,
+                hint="the running batch may finish first; a second Ctrl-C (or SIGTERM) stops "
+                "at once, and its photos resume from their last snapshot at the next start",
+            )
+        deadline = time.monotonic() + self._stop_grace
+        while worker_thread.is_alive() and not self._stop_now and time.monotonic() < deadline:
+            worker_thread.join(0.1)
+        if worker_thread.is_alive():
+            if self._stop_now:
+                log.warning("stopping_now", sources=list(worker.current), reason="second signal")
+            else:
+                log.warning("aborting_batch", grace_seconds=self._stop_grace)
+            worker.abort()
+            worker_thread.join()
 
     def _run_worker(self, worker: Worker, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -9,7 +9,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol
@@ -21,9 +21,11 @@ from daemon import events, rules
 from daemon.config import Config
 from daemon.journal import Job, Journal, backoff_seconds, streak_delay
 from daemon.outputs import write_atomic
+from daemon.progress import BatchProgress, group_weights
+from daemon.snapshots import SnapshotStore
 from engine import errors as engine_errors
 from engine import images
-from engine.params import Progress, StyleParams, StyleSpec
+from engine.params import Progress, Snapshot, StyleParams, StyleSpec
 
 if TYPE_CHECKING:
     # The real engine (and torch) is imported by the process that builds it, not by the daemon's
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-PROGRESS_LOG_SECONDS = 10.0  # at most one progress line per job this often
+PROGRESS_LOG_SECONDS = 10.0  # one progress line per batch this often (and at each group's end)
 
 
 class Engine(Protocol):
@@ -48,6 +50,10 @@ class Engine(Protocol):
         *,
         progress: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_result: Callable[[int, Stylized], None] | None = None,
+        snapshot: Callable[[Snapshot], None] | None = None,
+        snapshot_every: float = 10.0,
+        resume: Mapping[int, Snapshot] | None = None,
     ) -> list[Stylized]: ...
 
     def close(self) -> None: ...
@@ -121,6 +127,7 @@ class Worker:
         wall: Callable[[], float] = time.time,
         source_missing: Callable[[str], None] | None = None,
         bus: events.EventBus | None = None,
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self._journal = journal
         self._engine = engine
@@ -131,6 +138,9 @@ class Worker:
         self._source_missing = source_missing
         self._bus = bus or events.EventBus()
         self._abort = threading.Event()
+        # Running jobs' snapshots: a stop or a crash resumes them from there (None: not kept).
+        self._snapshots = snapshots
+        self.current: tuple[str, ...] = ()  # the sources of the running batch
         self._batch_limit: int | None = None  # lowered after running out of memory
         self.heartbeat = time.monotonic()  # last sign of life, for systemd's watchdog
         self.busy = False
@@ -140,6 +150,10 @@ class Worker:
         self._abort.set()
 
     def run(self, stop: threading.Event, wake: threading.Event) -> None:
+        if self._snapshots is not None:
+            # Jobs that ended while the service was away (or without the worker) keep none.
+            live = {j.id for j in self._journal.jobs() if j.state.value in ("queued", "running")}
+            self._snapshots.prune(live)
         while not stop.is_set():
             self.heartbeat = time.monotonic()
             if not self.run_once():
@@ -156,10 +170,12 @@ class Worker:
         if not jobs:
             return False
         self.busy = True
+        self.current = tuple(job.source for job in jobs)
         try:
             self._process(config, jobs)
         finally:
             self.busy = False
+            self.current = ()
         return True
 
     def _process(self, config: Config, jobs: list[Job]) -> None:
@@ -173,7 +189,12 @@ class Worker:
             return
         planned = items[0].planned
         started = time.perf_counter()
-        last_log = [0.0]
+        sizes = [i.decoded.image.size for i in items]
+        reporter = BatchProgress(
+            group_weights(sizes, planned.params.size),
+            interval=PROGRESS_LOG_SECONDS,
+            schedule=planned.params.schedule(),
+        )
         ids = tuple(i.job.id for i in items)
         for item in items:
             self._bus.emit(
@@ -181,7 +202,8 @@ class Worker:
                     job=item.job.id,
                     source=item.job.source,
                     style=item.job.style,
-                    steps=planned.params.steps,
+                    # A budgeted run plans its steps as it goes: progress events carry the plan.
+                    steps=planned.params.step_count,
                     scales=planned.params.scales,
                 )
             )
@@ -198,8 +220,8 @@ class Worker:
                     seconds=p.seconds,
                 )
             )
-            if p.step == p.steps or p.seconds - last_log[0] >= PROGRESS_LOG_SECONDS:
-                last_log[0] = p.seconds
+            report = reporter.update(p)
+            if report is not None:
                 log.info(
                     "job_progress",
                     sources=[i.job.source for i in items],
@@ -209,9 +231,30 @@ class Worker:
                     scale=p.scale,
                     size=p.size,
                     loss=round(p.loss, 6),
-                    seconds=round(p.seconds, 1),
+                    seconds=report.seconds,  # since the batch started
+                    percent=report.percent,  # of the whole batch
+                    eta_seconds=report.eta_seconds,
                 )
 
+        written: set[int] = set()
+
+        def on_result(index: int, result: Stylized) -> None:
+            # Each photo is written as soon as it is done, not when the whole batch is. One whose
+            # write raised (the journal) is left to the batch's failure handling below.
+            self._write(config, items[index], result, time.perf_counter() - started)
+            written.add(index)
+
+        store = self._snapshots
+        every = config.engine.snapshot_seconds
+
+        def snapshot(taken: Snapshot) -> None:
+            assert store is not None
+            try:
+                store.save(items[taken.index].job, taken)
+            except OSError as exc:  # a full state disk: the job goes on, only less resumable
+                log.warning("snapshot_failed", source=items[taken.index].job.source, error=str(exc))
+
+        resume = self._resume(items)
         try:
             results = self._engine.stylize_batch(
                 [i.decoded.image for i in items],
@@ -219,17 +262,25 @@ class Worker:
                 planned.params,
                 progress=progress,
                 should_stop=self._abort.is_set,
+                on_result=on_result,
+                snapshot=snapshot if store is not None and every > 0 else None,
+                snapshot_every=every,
+                resume=resume or None,
             )
         except engine_errors.Cancelled:
+            items = [item for index, item in enumerate(items) if index not in written]
             for item in items:
                 self._journal.release(item.job.id)
             log.info("batch_interrupted", sources=[i.job.source for i in items])
-            self._bus.emit(events.JobsReleased(ids, "interrupted"))
+            self._bus.emit(events.JobsReleased(tuple(i.job.id for i in items), "interrupted"))
             return
         except engine_errors.OutOfMemoryError as exc:
-            self._out_of_memory(items, exc)
+            left = [item for index, item in enumerate(items) if index not in written]
+            if left:
+                self._out_of_memory(left, exc)
             return
         except Exception as exc:  # the per-batch boundary: record, keep the daemon running
+            items = [item for index, item in enumerate(items) if index not in written]
             kind, outcome = _classify(exc)
             if kind == "internal":
                 log.exception("batch_failed", sources=[i.job.source for i in items])
@@ -238,8 +289,25 @@ class Worker:
             return
         self._batch_limit = None
         seconds = time.perf_counter() - started
-        for item, result in zip(items, results, strict=True):
-            self._write(config, item, result, seconds)
+        for index, (item, result) in enumerate(zip(items, results, strict=True)):
+            if index not in written:  # an engine that hands results over only at the end
+                self._write(config, item, result, seconds)
+
+    def _resume(self, items: list[_Item]) -> dict[int, Snapshot]:
+        """Snapshots of this batch's jobs, by their position in it."""
+        if self._snapshots is None:
+            return {}
+        found: dict[int, Snapshot] = {}
+        for index, item in enumerate(items):
+            saved = self._snapshots.load(item.job, index)
+            if saved is not None:
+                found[index] = saved
+                log.info("job_resumed", source=item.job.source, step=saved.step, scale=saved.scale)
+        return found
+
+    def _forget_snapshot(self, job: Job) -> None:
+        if self._snapshots is not None:
+            self._snapshots.delete(job.id)
 
     def _prepare(self, config: Config, job: Job) -> _Item | None:
         """Check the job still stands and read its photo; None when it ended here."""
@@ -249,6 +317,7 @@ class Worker:
             # The reload's own pass (service.py) keeps the queue in step with the config; this
             # is a race with a reload. The service takes the file in again under the new rules.
             self._journal.cancel(job.id, "the config no longer plans this output")
+            self._forget_snapshot(job)
             log.info("job_cancelled", source=job.source, style=job.style, reason="config_changed")
             if self._source_missing is not None:
                 self._source_missing(job.source)
@@ -258,6 +327,7 @@ class Worker:
             data = source.read_bytes()
         except FileNotFoundError:
             self._journal.cancel(job.id, "source removed before it was processed")
+            self._forget_snapshot(job)
             log.info("job_cancelled", source=job.source, style=job.style, reason="source_removed")
             self._bus.emit(events.JobCancelled(job.source, "source_removed", job=job.id))
             if self._source_missing is not None:
@@ -269,6 +339,7 @@ class Worker:
         if hashlib.sha256(data).hexdigest() != job.fingerprint:
             # New content under the same name: the watcher queues it as its own job.
             self._journal.cancel(job.id, "source changed before it was processed")
+            self._forget_snapshot(job)
             log.info("job_cancelled", source=job.source, style=job.style, reason="source_changed")
             self._bus.emit(events.JobCancelled(job.source, "source_changed", job=job.id))
             return None
@@ -304,6 +375,7 @@ class Worker:
         if claimed is None:
             return
         self._journal.mark_done(job.id, claimed)
+        self._forget_snapshot(job)
         width, height = result.image.size
         log.info(
             "job_done",
@@ -316,6 +388,10 @@ class Worker:
             seconds=round(seconds, 2),
             device=result.device,
             result="done",
+            budget_seconds=result.budget_seconds,
+            optimise_seconds=round(result.optimise_seconds, 2),
+            schedule=[list(scale) for scale in result.schedule],
+            upsampled_from=result.upsampled_from,
         )
         self._bus.emit(
             events.JobDone(
@@ -454,6 +530,8 @@ class Worker:
             transient=outcome is Outcome.PASSING,
         )
         failed = after.state.value == "failed"
+        if failed:
+            self._forget_snapshot(job)
         log.warning(
             "job_failed" if failed else "job_retry",
             source=job.source,

@@ -21,6 +21,9 @@ log = structlog.get_logger()
 
 ProgressCallback = Callable[[Progress], None]
 StopCheck = Callable[[], bool]
+# Called after each step with the steps done in this scale and the live pixels (N, 3, H, W);
+# True ends the scale there (a time budget ran out). Snapshots are taken from here too.
+AfterStep = Callable[[int, torch.Tensor], bool]
 LBFGS_START_LOSS = 100.0
 LBFGS_HISTORY = 50
 # On a GPU, losses are read back (one wait for the device) once per this many steps: a step at
@@ -138,6 +141,9 @@ class StepReport:
     first_step: int  # steps done before this scale
     total_steps: int
     started: float  # time.perf_counter() at the start of the run
+    # Under a time budget the last scale runs until its time is up: its current estimate of the
+    # run's steps, given the steps done so far. None: total_steps holds.
+    estimate: Callable[[int], int] | None = None
 
 
 def run_scale(
@@ -150,6 +156,7 @@ def run_scale(
     should_stop: StopCheck | None = None,
     graphs: GraphPolicy | None = None,
     report_every: int | None = None,
+    after_step: AfterStep | None = None,
 ) -> torch.Tensor:
     """Optimise `init` (N, 3, H, W) in [0, 1] for `steps` steps; returns the new pixels.
 
@@ -157,7 +164,7 @@ def run_scale(
     `report_every` steps (default: every step on the CPU, where reading costs nothing, and
     REPORT_EVERY_ON_GPU elsewhere), which is also when progress is reported and a non-finite
     loss is caught. On CUDA the forward and backward pass is captured once as a CUDA graph and
-    replayed (see `GraphPolicy`).
+    replayed (see `GraphPolicy`). `after_step` may end the scale before `steps` (see AfterStep).
     """
     params = objective.params
     image = init.detach().clone().requires_grad_(True)
@@ -205,9 +212,12 @@ def run_scale(
             raise Cancelled("stopped by request")
         trace[step - 1] = evaluate()
         update()
-        if step - reported == report_every or step == steps:
+        ending = after_step is not None and after_step(step, image)
+        if step - reported == report_every or step == steps or ending:
             _report(trace[reported:step].tolist(), reported, scale, report, progress)
             reported = step
+        if ending:
+            break
     return image.detach().clamp(0, 1)
 
 
@@ -236,7 +246,7 @@ def _report(
                     scales=report.scales,
                     size=report.size,
                     step=step,
-                    steps=report.total_steps,
+                    steps=report.total_steps if report.estimate is None else report.estimate(step),
                     loss=value,
                     seconds=seconds,
                 )

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 from engine.layers import LAYER_NAMES
 
@@ -25,6 +29,9 @@ Init = Literal["content", "random"]
 # Layer names follow the Gatys paper: reluB_N is the N-th ReLU of block B of VGG19.
 DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
 DEFAULT_STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+# Optimisation steps over all scales when neither `steps` nor a time budget (`seconds`) is set.
+DEFAULT_STEPS = 300
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 PREPROCESSES: tuple[str, ...] = ("torchvision", "caffe")
@@ -46,7 +53,7 @@ class EngineConfig:
     # Autocast precision of the VGG19 passes; Gram matrices and losses stay in fp32. "auto" takes
     # bf16 where the hardware runs it natively (recent NVIDIA GPUs; CPUs with AVX-512 BF16 or AMX),
     # about twice as fast, and fp32 elsewhere.
-    precision: Precision = "fp32"
+    precision: Precision = "auto"
     # Fetch the checkpoint into the hub cache when it is missing and none was named.
     download: bool = True
     # Style targets kept per process; each entry holds a few Gram matrices (about 1.5 MB).
@@ -106,7 +113,13 @@ class StyleParams:
     """The settings of one stylization. Every rule of the daemon resolves to one of these."""
 
     size: int = 512  # long edge of the result, in pixels
-    steps: int = 300  # optimisation steps over all scales together
+    # Optimisation steps over all scales together. None: planned to fill `seconds` when that is
+    # set, else DEFAULT_STEPS. A step count given beside `seconds` wins (with a warning).
+    steps: int | None = None
+    # Time budget of one photo's optimisation (of one batch of same-style photos together),
+    # excluding decode and encode: the engine plans scales and steps to fill it on this device
+    # and stops within it. None: no budget; `steps` decides.
+    seconds: float | None = None
     # Coarse-to-fine: the photo is optimised at `scales` sizes, each twice the one before and the
     # last one `size`; each scale starts from the previous result upsampled.
     scales: int = 3
@@ -138,8 +151,10 @@ class StyleParams:
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 16384:
             raise ValueError(f"size must be between 16 and 16384 pixels, got {self.size}")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise ValueError(f"seconds must be a positive number of seconds, got {self.seconds}")
         if self.scales < 1:
             raise ValueError(f"scales must be at least 1, got {self.scales}")
         if not self.scale_step_ratio > 0:
@@ -185,15 +200,31 @@ class StyleParams:
             raise ValueError("style_layer_weights must not all be zero")
         return tuple(w / total for w in weights)
 
-    def schedule(self) -> tuple[tuple[int, int], ...]:
-        """(long edge, steps) per scale, coarsest first; the last is (size, ...)."""
+    @property
+    def step_count(self) -> int:
+        """`steps`, or DEFAULT_STEPS where it is not set."""
+        return DEFAULT_STEPS if self.steps is None else self.steps
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether a time budget plans the schedule: `seconds` set and no explicit step count."""
+        return self.seconds is not None and self.steps is None
+
+    def scale_sizes(self) -> list[int]:
+        """Long edge per scale, coarsest first: each half the next, the last `size`."""
         sizes = [round(self.size / 2**k) for k in reversed(range(self.scales))]
-        sizes = [s for s in sizes[:-1] if s >= self.min_scale_size] + [self.size]
+        return [s for s in sizes[:-1] if s >= self.min_scale_size] + [self.size]
+
+    def schedule(self) -> tuple[tuple[int, int], ...]:
+        """(long edge, steps) per scale, coarsest first; the last is (size, ...). Under a time
+        budget the steps are planned per photo instead (engine.planner); this is its shape."""
+        sizes = self.scale_sizes()
         shares = [self.scale_step_ratio ** (len(sizes) - 1 - i) for i in range(len(sizes))]
         total = sum(shares)
-        steps = [max(1, math.floor(self.steps * share / total)) for share in shares]
+        count = self.step_count
+        steps = [max(1, math.floor(count * share / total)) for share in shares]
         # Give the rounding remainder to the coarsest scale, where a step is cheapest.
-        steps[0] += max(0, self.steps - sum(steps))
+        steps[0] += max(0, count - sum(steps))
         return tuple(zip(sizes, steps, strict=True))
 
 
@@ -211,10 +242,14 @@ PRESETS: dict[str, dict[str, object]] = {
 
 
 def with_preset(params: StyleParams, name: str) -> StyleParams:
-    """`params` with a preset's schedule."""
+    """`params` with a preset's schedule. Under a time budget (`seconds` set, no `steps`) the
+    preset gives the schedule's shape (scales, step ratio) and the budget its step count."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
-    return params.replace(**PRESETS[name])
+    preset = PRESETS[name]
+    if params.budgeted:
+        preset = {k: v for k, v in preset.items() if k != "steps"}
+    return params.replace(**preset)
 
 
 @dataclass(frozen=True)
@@ -228,6 +263,23 @@ class Progress:
     steps: int  # steps of the whole run
     loss: float
     seconds: float  # since the stylization started
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The state of one photo's optimisation, saved so that an interrupted job can resume.
+
+    Resuming restarts L-BFGS's curvature history; nothing else of the run is lost.
+    """
+
+    index: int  # the photo's position in the batch it was taken from
+    schedule: tuple[tuple[int, int], ...]  # (long edge, steps) per whole-image scale that runs
+    scale: int  # 1-based scale of `schedule` that `image` belongs to
+    step: int  # steps done over the whole run
+    image: Image.Image  # the pixels being optimised: RGB, 8-bit, at that scale's working size
+
+
+SnapshotCallback = Callable[[Snapshot], None]
 
 
 @dataclass(frozen=True)

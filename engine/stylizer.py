@@ -9,20 +9,23 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from engine import color, losses
+from engine.budget import LAST_SCALE_STRETCH, BudgetRun, ScaleClock, chain
 from engine.errors import BadImageError, EngineError, OutOfMemoryError, StyleError
 from engine.images import decode, resize_long_edge
 from engine.layers import LAYER_INDEX, min_input_edge
 from engine.optimize import (
+    AfterStep,
     GraphPolicy,
     Objective,
     ProgressCallback,
@@ -30,9 +33,19 @@ from engine.optimize import (
     StopCheck,
     run_scale,
 )
-from engine.params import EngineConfig, LossTerms, StyleParams, StyleSpec
+from engine.params import (
+    EngineConfig,
+    LossTerms,
+    Snapshot,
+    SnapshotCallback,
+    StyleParams,
+    StyleSpec,
+)
+from engine.planner import StepCosts
 from engine.tiles import Tile, feather, tile_grid
 from engine.vgg import VGGFeatures, load_vgg19_features
+
+log = structlog.get_logger()
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Memory of one optimisation pass per pixel of the photo (activations kept for the backward pass,
@@ -59,10 +72,33 @@ class Stylized:
     """One finished photo."""
 
     image: Image.Image  # RGB, long edge = params.size
-    loss: LossTerms  # at the end, evaluated in fp32
+    # At the end, at the size optimised (under upsampled_from, that smaller one).
+    loss: LossTerms
     steps: int
     seconds: float  # wall time of the batch it was part of
     device: str
+    # The time budget this photo's group of the batch was planned to (None: none was set).
+    budget_seconds: float | None = None
+    # The group's optimisation time on the Stylizer's clock (planning and calibration included).
+    optimise_seconds: float = 0.0
+    # (long edge, steps) per scale that ran; a tiled run ends with (size, steps per tile).
+    schedule: tuple[tuple[int, int], ...] = ()
+    # The long edge the optimisation ended at when the budget was too small for one step at
+    # the output's size; the result was upsampled from it. None: optimised at full size.
+    upsampled_from: int | None = None
+
+
+# Told of each photo as soon as it is finished, with its position in the batch.
+ResultCallback = Callable[[int, Stylized], None]
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """Where photos resumed from snapshots start: `step` steps into `schedule`, at `scale`."""
+
+    schedule: tuple[tuple[int, int], ...]
+    scale: int
+    step: int
 
 
 def pick_device(name: str) -> torch.device:
@@ -134,8 +170,16 @@ class Stylizer:
     `stylize_batch()` do the work. Not thread-safe: one worker thread owns it.
     """
 
-    def __init__(self, config: EngineConfig | None = None, *, download_progress: bool = False):
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        download_progress: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.config = config or EngineConfig()
+        # Snapshot intervals and time budgets are measured on this clock; tests inject theirs.
+        self._clock = clock
         self.device = pick_device(self.config.device)
         # The precision in force: "auto" resolved for this device.
         self.precision = resolve_precision(self.config.precision, self.device)
@@ -165,6 +209,9 @@ class Stylizer:
         self._budget_factor = 1.0
         # How often style targets were computed rather than found in the cache.
         self.target_computations = 0
+        # What an optimisation step costs on this device at this precision, by pixels per pass:
+        # calibrated once, refined by every scale that runs under a time budget.
+        self.step_costs = StepCosts()
 
     def pixel_budget(self) -> int:
         """Photo pixels one optimisation pass may hold within the memory budget."""
@@ -207,9 +254,21 @@ class Stylizer:
         *,
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
+        on_result: ResultCallback | None = None,
+        snapshot: SnapshotCallback | None = None,
+        snapshot_every: float = 10.0,
+        resume: Mapping[int, Snapshot] | None = None,
     ) -> Stylized:
         return self.stylize_batch(
-            [content], style, params, progress=progress, should_stop=should_stop
+            [content],
+            style,
+            params,
+            progress=progress,
+            should_stop=should_stop,
+            on_result=on_result,
+            snapshot=snapshot,
+            snapshot_every=snapshot_every,
+            resume=resume,
         )[0]
 
     def close(self) -> None:
@@ -229,30 +288,115 @@ class Stylizer:
         *,
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
+        on_result: ResultCallback | None = None,
+        snapshot: SnapshotCallback | None = None,
+        snapshot_every: float = 10.0,
+        resume: Mapping[int, Snapshot] | None = None,
     ) -> list[Stylized]:
         """Stylize photos that share a style; photos of the same working size run as one batch.
 
         With Adam every photo gets exactly the result it would get alone (the losses are sums over
         the batch); with L-BFGS the photos share one curvature history, so results differ slightly.
+
+        `on_result(index, result)` is called as soon as a photo is finished (photos of other
+        working sizes may still be to run), besides the list returned at the end.
+
+        `snapshot` is called every `snapshot_every` seconds of optimisation (checked between
+        steps, never more often), once per photo of the running group, with the pixels being
+        optimised. A photo larger than the memory budget (optimised in tiles) takes none.
+        `resume` maps a photo's index to such a snapshot: that photo starts from its image and
+        runs only what is left of its schedule (L-BFGS's history starts afresh). A snapshot that
+        does not fit the photo (another size, another schedule's end) is ignored, with a warning.
+
+        With `params.seconds` and no explicit `params.steps`, the scales and steps are planned to
+        fill that time budget (the batch's: its groups share it by pixels) from measured step
+        costs, and the clock is checked between steps (see engine.planner). A step count given
+        beside `seconds` wins; the budget is then ignored, with a warning.
         """
         self._check_layers(params)
+        if params.seconds is not None and params.steps is not None:
+            log.warning(
+                "budget_ignored",
+                seconds=params.seconds,
+                steps=params.steps,
+                reason="an explicit step count wins over a time budget",
+            )
+        batch_started = self._clock()
         results: list[Stylized | None] = [None] * len(contents)
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[tuple[int, int], _Resume | None], list[int]] = {}
         for index, content in enumerate(contents):
-            groups.setdefault(working_size(content.size, params.size), []).append(index)
+            shape = working_size(content.size, params.size)
+            saved = None if resume is None else resume.get(index)
+            point = None if saved is None else self._resume_point(saved, index, shape, params)
+            # Photos that start at different points cannot share a pass.
+            groups.setdefault((shape, point), []).append(index)
         budget = self.pixel_budget()
-        chunks = []
-        for shape, indices in groups.items():
+        chunks: list[tuple[_Resume | None, list[int]]] = []
+        for (shape, point), indices in groups.items():
             # As many photos per pass as the memory budget holds (at least one: it may tile).
             per_pass = max(1, budget // (shape[0] * shape[1]))
-            chunks += [indices[i : i + per_pass] for i in range(0, len(indices), per_pass)]
-        for indices in chunks:
+            chunks += [(point, indices[i : i + per_pass]) for i in range(0, len(indices), per_pass)]
+        pixels_left = sum(_pixels(contents[i[0]].size, params.size) * len(i) for _, i in chunks)
+        for point, indices in chunks:
+            group_budget: float | None = None
+            if params.budgeted and params.seconds is not None:
+                # The batch's budget, shared by pixels among the groups still to run.
+                pixels = _pixels(contents[indices[0]].size, params.size) * len(indices)
+                time_left = max(0.0, params.seconds - (self._clock() - batch_started))
+                group_budget = time_left * pixels / max(1, pixels_left)
+                pixels_left -= pixels
+            starts = None
+            if point is not None and resume is not None:
+                starts = [resume[i].image for i in indices]
             images = self._run_group(
-                [contents[i] for i in indices], style, params, progress, should_stop
+                [contents[i] for i in indices],
+                style,
+                params,
+                progress,
+                should_stop,
+                indices=indices,
+                start=point,
+                start_images=starts,
+                snapshot=snapshot,
+                snapshot_every=snapshot_every,
+                budget_seconds=group_budget,
             )
             for index, result in zip(indices, images, strict=True):
                 results[index] = result
+                if on_result is not None:
+                    on_result(index, result)
         return [r for r in results if r is not None]
+
+    def _resume_point(
+        self, saved: Snapshot, index: int, final: tuple[int, int], params: StyleParams
+    ) -> _Resume | None:
+        """Where a snapshot lets photo `index` (`final` its working size) start; None, with a
+        warning, when it does not fit this photo and these settings."""
+        schedule = tuple((int(e), int(n)) for e, n in saved.schedule)
+        problem = None
+        if not schedule or schedule[-1][0] != params.size:
+            end = schedule[-1][0] if schedule else None
+            problem = f"its schedule ends at {end} px, this photo's at {params.size} px"
+        elif not 1 <= saved.scale <= len(schedule):
+            problem = f"scale {saved.scale} is not one of its {len(schedule)} scales"
+        else:
+            before = sum(n for _, n in schedule[: saved.scale - 1])
+            expected = working_size(final, schedule[saved.scale - 1][0])
+            if not before <= saved.step <= before + schedule[saved.scale - 1][1]:
+                problem = f"step {saved.step} is not within scale {saved.scale}"
+            elif saved.image.size != expected:
+                problem = (
+                    f"its image is {saved.image.size[0]}x{saved.image.size[1]}, "
+                    f"the photo at that scale {expected[0]}x{expected[1]}"
+                )
+            elif final[0] * final[1] > self.pixel_budget():
+                problem = "the photo is optimised in tiles, which do not resume"
+        if problem is not None:
+            log.warning(
+                "snapshot_ignored", index=index, reason=problem, effect="the photo starts afresh"
+            )
+            return None
+        return _Resume(schedule, saved.scale, saved.step)
 
     def _run_group(
         self,
@@ -261,28 +405,63 @@ class Stylizer:
         params: StyleParams,
         progress: ProgressCallback | None,
         should_stop: StopCheck | None,
+        *,
+        indices: Sequence[int],
+        start: _Resume | None = None,
+        start_images: Sequence[Image.Image] | None = None,
+        snapshot: SnapshotCallback | None = None,
+        snapshot_every: float = 10.0,
+        budget_seconds: float | None = None,
     ) -> list[Stylized]:
         """Photos of one working size, small enough together for the memory budget; a single
-        photo larger than the budget is optimised at a size that fits, then refined in tiles."""
+        photo larger than the budget is optimised at a size that fits, then refined in tiles
+        (under a time budget: at a size that fits, then upsampled)."""
         started = time.perf_counter()
+        clock_started = self._clock()
         final = working_size(contents[0].size, params.size)
         photos = torch.cat(
             [self._to_tensor(resize_long_edge(c.convert("RGB"), params.size)) for c in contents]
         )
-        schedule = fitted_schedule(final, params, min_input_edge(_layers(params)))
-        budget = self.pixel_budget()
-        tiled = final[0] * final[1] > budget
+        min_edge = min_input_edge(_layers(params))
+        pixel_budget = self.pixel_budget()
+        run: BudgetRun | None = None
+        upsampled_from: int | None = None
+        if budget_seconds is not None:
+            count = len(contents)
+            run = BudgetRun(
+                budget_seconds,
+                clock=self._clock,
+                costs=self.step_costs,
+                pixels=lambda edge: _pixels(final, edge) * count,
+                ratio=params.scale_step_ratio,
+            )
+        if start is not None:
+            schedule = start.schedule
+            if run is not None and not self.step_costs.points:
+                self._calibrate(photos, style, params, final, schedule[start.scale - 1][0])
+                run.costs = self.step_costs
+        elif run is not None:
+            ladder = _ladder(final, params, min_edge, len(contents), pixel_budget)
+            if not self.step_costs.points:
+                coarsest = (ladder(params.size) or [min(params.size, min_edge * 4)])[0]
+                self._calibrate(photos, style, params, final, coarsest)
+                run.costs = self.step_costs
+            planned = run.first_plan(params.size, ladder)
+            schedule, upsampled_from = planned.schedule, planned.upsampled_from
+        else:
+            schedule = fitted_schedule(final, params, min_edge)
+        tiled = run is None and final[0] * final[1] > pixel_budget
         # Tiled: every scale that fits runs whole; the last (full-size) scale runs tile by tile.
-        whole = [(e, n) for e, n in schedule[:-1] if _pixels(final, e) <= budget] if tiled else []
+        whole = [(e, n) for e, n in schedule[:-1] if _pixels(final, e) <= pixel_budget]
         if tiled and not whole:
-            whole = [(_fitting_edge(final, params.size, budget), schedule[0][1])]
+            whole = [(_fitting_edge(final, params.size, pixel_budget), schedule[0][1])]
         plan = StepPlan(
             whole if tiled else list(schedule),
             tile_steps=schedule[-1][1] if tiled else 0,
-            tiles=tile_grid(final[1], final[0], _tile_edge(budget)) if tiled else [],
+            tiles=tile_grid(final[1], final[0], _tile_edge(pixel_budget)) if tiled else [],
         )
         try:
-            image, final_loss = self._optimise(
+            image, final_loss, ran = self._optimise(
                 photos,
                 style,
                 params,
@@ -291,6 +470,12 @@ class Stylizer:
                 started=started,
                 progress=progress,
                 should_stop=should_stop,
+                start=start,
+                start_images=start_images,
+                snapshots=_Snapshots(snapshot, snapshot_every, self._clock, tuple(indices))
+                if snapshot is not None and not plan.tiles
+                else None,
+                run=run,
             )
             if params.preserve_colors == "luminance":
                 image = color.keep_luminance(image, photos)
@@ -300,17 +485,57 @@ class Stylizer:
                 f"out of memory on {self.device} for {len(contents)} photo(s) at "
                 f"{params.size} px: lower engine.memory_budget_mb, the batch or the size"
             ) from exc
+        finally:
+            if run is not None:
+                self.step_costs = run.costs
         seconds = time.perf_counter() - started
+        used = self._clock() - clock_started
+        if upsampled_from is not None:
+            log.info(
+                "budget_upsampled",
+                budget_seconds=budget_seconds,
+                size=params.size,
+                optimised_size=upsampled_from,
+                reason="one step at the full size does not fit the budget",
+            )
         return [
             Stylized(
                 image=_to_pil(image[i]),
                 loss=final_loss[i],
-                steps=plan.total,
+                steps=sum(n for _, n in ran),
                 seconds=seconds,
                 device=str(self.device),
+                budget_seconds=budget_seconds,
+                optimise_seconds=used,
+                schedule=ran,
+                upsampled_from=upsampled_from,
             )
             for i in range(len(contents))
         ]
+
+    def _calibrate(
+        self,
+        photos: torch.Tensor,
+        style: StyleSpec,
+        params: StyleParams,
+        final: tuple[int, int],
+        edge: int,
+    ) -> None:
+        """Measure a step at `edge` (the coarsest of a plan: cheap) before the first plan of the
+        process; the others are measured as they run, and larger sizes estimated from it."""
+        width, height = working_size(final, edge)
+        photo = _resize(photos, height, width)
+        objective = self._objective(photo, style, params, edge)
+        image = photo.detach().clone().requires_grad_(True)
+        times = [self._clock()]
+        for _ in range(2):  # the first pass carries the allocator's and the kernels' set-up
+            image.grad = None
+            objective.loss(image).backward()  # type: ignore[no-untyped-call]
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            times.append(self._clock())
+        pixels = width * height * photos.shape[0]
+        self.step_costs = self.step_costs.measured(pixels, times[-1] - times[-2])
 
     def _optimise(
         self,
@@ -323,12 +548,35 @@ class Stylizer:
         started: float,
         progress: ProgressCallback | None,
         should_stop: StopCheck | None,
-    ) -> tuple[torch.Tensor, list[LossTerms]]:
+        start: _Resume | None = None,
+        start_images: Sequence[Image.Image] | None = None,
+        snapshots: _Snapshots | None = None,
+        run: BudgetRun | None = None,
+    ) -> tuple[torch.Tensor, list[LossTerms], tuple[tuple[int, int], ...]]:
+        """The optimised pixels at the final working size, their losses, and the schedule that
+        ran ((long edge, steps) per scale that ran any, whole steps of a resumed run included)."""
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         image: torch.Tensor | None = None
+        objective: Objective | None = None
         done = 0
-        scales = len(plan.whole) + (1 if plan.tiles else 0)
-        for number, (long_edge, steps) in enumerate(plan.whole, start=1):
+        first = 1
+        if start is not None and start_images is not None:
+            image = torch.cat([self._to_tensor(picture) for picture in start_images])
+            done, first = start.step, start.scale
+        # Revised before each scale under a time budget, and set to what ran after it.
+        schedule = list(plan.whole)
+        scales = len(schedule) + (1 if plan.tiles else 0)
+        for number in range(first, len(schedule) + 1):
+            if run is not None and start is None and number > 1:
+                revised = run.replan([e for e, _ in schedule[number - 1 :]])
+                schedule[number - 1 :] = [(e, revised[e]) for e, _ in schedule[number - 1 :]]
+            long_edge = schedule[number - 1][0]
+            before = sum(n for _, n in schedule[: number - 1])
+            # A resumed scale runs only the steps it had left.
+            left = before + schedule[number - 1][1] - done
+            last = number == len(schedule)
+            if left <= 0 and not last:
+                continue
             width, height = working_size(final, long_edge)
             photo = _resize(photos, height, width)
             if image is None:
@@ -336,23 +584,51 @@ class Stylizer:
             else:
                 image = _resize(image, height, width).clamp(0, 1)
             objective = self._objective(photo, style, params, long_edge)
-            report = StepReport(number, scales, long_edge, done, plan.total, started)
+            if left <= 0:
+                continue
+            total = sum(n for _, n in schedule) + plan.tile_steps * len(plan.tiles)
+            report = StepReport(number, scales, long_edge, done, total, started)
+            timer: ScaleClock | None = None
+            if run is not None:
+                later = [e for e, n in schedule[number:] if n > 0]
+                timer = run.scale(long_edge, left, later, last_edge=schedule[-1][0])
+                if last and start is None:
+                    # Steps turn out cheaper or dearer than planned: the clock decides.
+                    left = left * LAST_SCALE_STRETCH
+                    report = dataclasses.replace(report, estimate=timer.estimate)
+            # What a snapshot says is running: this scale with as many steps as it may take.
+            running = (*schedule[: number - 1], (long_edge, done - before + left))
+            running += tuple(schedule[number:])
             image = run_scale(
                 objective,
                 image,
-                steps,
+                left,
                 report,
                 progress=progress,
                 should_stop=should_stop,
                 graphs=self.graphs,
+                after_step=chain(
+                    None if snapshots is None else snapshots.hook(number, done, running),
+                    None if timer is None else timer.after_step,
+                ),
             )
-            done += steps
+            if timer is not None:
+                timer.finish()
+                left = timer.steps
+            done += left
+            schedule[number - 1] = (long_edge, done - before)
         assert image is not None
+        assert objective is not None
+        ran = tuple((e, n) for e, n in schedule if n > 0)
         if not plan.tiles:
-            return image, objective.evaluate(image)
+            losses_at_end = objective.evaluate(image)
+            if image.shape[2:] != (final[1], final[0]):
+                # Optimised at a smaller size than the output's (a budget too small for it).
+                image = _resize(image, final[1], final[0]).clamp(0, 1)
+            return image, losses_at_end, ran
         image = _resize(image, final[1], final[0]).clamp(0, 1)
         report = StepReport(scales, scales, params.size, done, plan.total, started)
-        return self._refine_tiles(
+        refined, tile_losses = self._refine_tiles(
             photos,
             image,
             style,
@@ -362,6 +638,7 @@ class Stylizer:
             progress=progress,
             should_stop=should_stop,
         )
+        return refined, tile_losses, (*ran, (params.size, plan.tile_steps))
 
     def _refine_tiles(
         self,
@@ -547,6 +824,67 @@ class Stylizer:
         self._targets.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+class _Snapshots:
+    """Hands the pixels being optimised to a snapshot callback at most every `every` seconds."""
+
+    def __init__(
+        self,
+        callback: SnapshotCallback,
+        every: float,
+        clock: Callable[[], float],
+        indices: tuple[int, ...],
+    ) -> None:
+        self._callback = callback
+        self._every = every
+        self._clock = clock
+        self._indices = indices
+        self._last = clock()
+
+    def hook(
+        self, scale: int, done_before: int, schedule: tuple[tuple[int, int], ...]
+    ) -> AfterStep:
+        """The after-step check of one scale of `schedule` whose first step is step
+        `done_before` + 1."""
+
+        def after_step(step: int, image: torch.Tensor) -> bool:
+            now = self._clock()
+            if now - self._last < self._every:
+                return False
+            self._last = now
+            for i, index in enumerate(self._indices):
+                self._callback(
+                    Snapshot(
+                        index=index,
+                        schedule=schedule,
+                        scale=scale,
+                        step=done_before + step,
+                        image=_to_pil(image[i]),
+                    )
+                )
+            return False
+
+        return after_step
+
+
+def _ladder(
+    final: tuple[int, int], params: StyleParams, min_edge: int, count: int, pixel_budget: int
+) -> Callable[[int], list[int]]:
+    """For the planner: the coarse-to-fine edges of a run that ends at a given edge (params'
+    scales, those the network can see), or none when that edge is too small for the network
+    or too large for the memory budget (a budgeted run upsamples rather than tiles)."""
+
+    def ladder(edge: int) -> list[int]:
+        if edge < 16 or min(working_size(final, edge)) < min_edge:
+            return []
+        if _pixels(final, edge) * count > pixel_budget:
+            return []
+        sizes = params.replace(size=edge, min_scale_size=min(edge, params.min_scale_size))
+        coarse = sizes.scale_sizes()[:-1]
+        return [e for e in coarse if min(working_size(final, e)) >= min_edge] + [edge]
+
+    return ladder
 
 
 def _pixels(size: tuple[int, int], long_edge: int) -> int:

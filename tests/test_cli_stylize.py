@@ -132,3 +132,28 @@ def test_unknown_output_format_is_refused_before_any_work(tmp_path: Path) -> Non
     )
     assert done.returncode == 64
     assert "out.gif" in done.stderr
+
+
+def test_an_output_folder_that_does_not_exist_is_refused_and_not_created(
+    vgg_checkpoint: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "no" / "such" / "dir" / "x.jpg"
+    done = _run(
+        "stylize",
+        SAMPLES / "chelsea.png",
+        "-s",
+        SAMPLES / "starry_night.jpg",
+        "-o",
+        target,
+        "--weights",
+        vgg_checkpoint,
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+    )
+    assert done.returncode == 73, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"stylewatch: error: cannot write {target}: the folder {target.parent} does not exist"
+    ]
+    assert not (tmp_path / "no").exists()

@@ -12,6 +12,7 @@ from harness import MINIMAL
 
 from daemon.config import (
     Config,
+    LoggingSettings,
     RetrySettings,
     WatchConfig,
     filesystem_type,
@@ -19,7 +20,7 @@ from daemon.config import (
     parse_mountinfo,
 )
 from daemon.errors import ConfigError, Problem
-from engine.params import StyleImage, StyleParams
+from engine.params import EngineConfig, StyleImage, StyleParams
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -154,6 +155,9 @@ def test_example_config_loads(tmp_path: Path) -> None:
     assert config.defaults.params == StyleParams()
     assert config.engine.batch_size == 4
     assert config.retry == RetrySettings()  # and the retry defaults
+    assert config.engine.engine.precision == EngineConfig().precision == "auto"
+    assert config.engine.threads is None  # commented out: all cores
+    assert config.logging == LoggingSettings()
     assert config.rules
     assert all(config.styles[name] for rule in config.rules for name in rule.styles)
 
@@ -766,3 +770,68 @@ def test_filesystem_type_of_a_real_folder(tmp_path: Path) -> None:
     assert WatchConfig().resolve_mode(tmp_path) in ("native", "polling")
     if Path("/proc/self/mountinfo").exists():
         assert filesystem_type(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words", "pointer"),
+    [
+        (
+            "input: inbox\noutput: out: box\n",
+            2,
+            "put such a value in quotes",
+            "    output: out: box\n               ^",
+        ),
+        ("input: inbox\nengine:\n\tdevice: cpu\n", 3, "YAML indents with spaces only", "    ^"),
+        (
+            "input: inbox\nengine:\n    device: cpu\n  precision: auto\n",
+            4,
+            "does not line up with the ones above it",
+            "      precision: auto\n      ^",
+        ),
+        (
+            "input: 'inbox\noutput: outbox\n",
+            1,
+            "this quote is never closed",
+            "    input: 'inbox\n           ^",
+        ),
+        ("input: inbox\noutput\nstate: s\n", 2, "a colon is missing", "    output\n    ^"),
+        ("input: [inbox\noutput: x\n", 2, "the '[' opened on line 1 is not closed", "^"),
+        ("input: inbox\nrules: [\n", 3, "the file ends in the middle of a value", ""),
+    ],
+)
+def test_yaml_syntax_errors_in_plain_words_with_a_pointer(
+    tmp_path: Path, text: str, line: int, words: str, pointer: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    assert problem.line == line
+    shown = str(info.value)
+    assert shown.startswith(f"{path}:{line}: invalid YAML: ")
+    assert words in shown
+    assert pointer in shown
+    # PyYAML's own wording stays out of sight.
+    for jargon in ("<block end>", "scanning", "simple key", "token", "flow node"):
+        assert jargon not in shown
+
+
+def test_logging_and_threads_are_read_and_checked(tmp_path: Path) -> None:
+    base = "input: inbox\noutput: outbox\nstate: state\n"
+    base += "styles: {s: {image: styles/starry_night.jpg}}\nrules: [{match: '**', styles: [s]}]\n"
+    config = load_text(
+        tmp_path / "ok", base + "logging: {level: debug, format: json}\nengine: {threads: 3}\n"
+    )
+    assert config.logging == LoggingSettings(level="debug", format="json")
+    assert config.engine.threads == 3
+    path, error = problems(
+        tmp_path / "bad",
+        base + "logging: {level: loud, format: jsno, colour: true}\nengine: {threads: 0}\n",
+    )
+    shown = str(error)
+    assert f"{path}:6: logging.level: 'loud' is not one of debug, info" in shown
+    assert (
+        "logging.format: 'jsno' is not one of auto, console, json (did you mean 'json'?)" in shown
+    )
+    assert "logging.colour: unknown key" in shown
+    assert f"{path}:7: engine.threads: must be between 1 and 1024, got 0" in shown

@@ -11,8 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from harness import CONFIG, OUTPUT_MARKER, STYLEWATCH, Daemon, photo, wait_until
 from PIL import Image
+
+from engine.stylizer import resolve_precision
 
 
 @pytest.fixture
@@ -68,7 +71,9 @@ def test_a_nested_tree_comes_out_mirrored_including_files_there_before_start(
         assert im.size == (21, 32)
     assert daemon.saw("job_done", source="deep/er/b.jpg", style="starry", result="done")
     # The start line says where the model runs, and how.
-    assert daemon.saw("service_ready", device="cpu", precision="fp32", cuda_graphs=False)
+    # precision: auto is the default: bf16 where this CPU runs it natively.
+    native = resolve_precision("auto", torch.device("cpu"))
+    assert daemon.saw("service_ready", device="cpu", precision=native, cuda_graphs=False)
     assert daemon.stop() == 0
     assert daemon.saw("service_stopped")
     assert daemon.status()["counts"] == {"done": 4}

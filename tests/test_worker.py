@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import pytest
+import structlog
 from PIL import Image
+from structlog.testing import capture_logs
 
 from daemon import rules
 from daemon.config import Config, load_config
 from daemon.journal import JobSpec, JobState, Journal
+from daemon.snapshots import SnapshotStore
 from daemon.worker import Worker, settings_hash
 from engine import errors
-from engine.params import LossTerms, Progress, StyleParams, StyleSpec
+from engine.params import LossTerms, Progress, Snapshot, StyleParams, StyleSpec
 from engine.stylizer import Stylized
 
 
@@ -25,7 +29,12 @@ class FakeEngine:
     def __init__(self) -> None:
         self.batches: list[int] = []
         self.fail_with: Exception | None = None
+        self.fail_after: dict[int, Exception] = {}  # raised once this photo was handed over
         self.shrunk = 0
+        self.resumed: list[dict[int, Snapshot]] = []
+        # The outputs on disk right after each photo was handed over.
+        self.handed_over: list[list[str]] = []
+        self.written: Callable[[], set[str]] = set
 
     def prepare_style(self, style: StyleSpec, params: StyleParams) -> None:
         pass
@@ -38,20 +47,33 @@ class FakeEngine:
         *,
         progress: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_result: Callable[[int, Stylized], None] | None = None,
+        snapshot: Callable[[Snapshot], None] | None = None,
+        snapshot_every: float = 10.0,
+        resume: Mapping[int, Snapshot] | None = None,
     ) -> list[Stylized]:
         self.batches.append(len(contents))
+        self.resumed.append(dict(resume or {}))
         if self.fail_with is not None:
             raise self.fail_with
-        return [
-            Stylized(
+        results = []
+        for index, c in enumerate(contents):
+            if snapshot is not None:
+                snapshot(Snapshot(index, ((params.size, params.steps),), 1, 1, c.convert("RGB")))
+            result = Stylized(
                 image=c.resize((params.size, params.size)),
                 loss=LossTerms(0, 0, 0),
                 steps=params.steps,
                 seconds=0.0,
                 device="fake",
             )
-            for c in contents
-        ]
+            if on_result is not None:
+                on_result(index, result)
+            self.handed_over.append(sorted(self.written()))
+            results.append(result)
+            if index in self.fail_after:
+                raise self.fail_after[index]
+        return results
 
     def close(self) -> None:
         pass
@@ -201,3 +223,89 @@ def test_a_single_photo_out_of_memory_retries_in_smaller_tiles_then_backs_off(se
     (job,) = journal.jobs()
     assert (job.state, job.error_kind) == (JobState.QUEUED, "out_of_memory")
     assert job.not_before > 1000.0
+
+
+def test_each_photo_is_written_as_soon_as_it_is_done_not_when_the_batch_ends(setup) -> None:
+    config, journal, engine, worker = setup
+    for i in range(3):
+        enqueue(config, journal, f"p{i}.png", (i * 50, 0, 0))
+    engine.written = lambda: {p.name for p in config.output.glob("*.png")}
+    assert worker.run_once()
+    assert engine.batches == [3]
+    # Right after each photo was handed over, its output was already on disk (and only its).
+    assert engine.handed_over == [["p0.png"], ["p0.png", "p1.png"], ["p0.png", "p1.png", "p2.png"]]
+    assert states(journal) == {"p0.png": "done", "p1.png": "done", "p2.png": "done"}
+
+
+def test_a_batch_that_breaks_after_its_first_photo_keeps_that_photo_done(setup) -> None:
+    config, journal, engine, worker = setup
+    for i in range(2):
+        enqueue(config, journal, f"p{i}.png", (i * 50, 0, 0))
+    engine.fail_after = {0: errors.NumericalError("loss became nan")}
+    worker.run_once()
+    assert states(journal) == {"p0.png": "done", "p1.png": "failed"}
+    assert (config.output / "p0.png").is_file()
+
+
+class StoppingEngine(FakeEngine):
+    """Takes a snapshot of each photo, then is stopped before any result (a service stop)."""
+
+    stop = True
+
+    def stylize_batch(self, contents, style, params, **kwargs):  # type: ignore[no-untyped-def]
+        if not self.stop:
+            return super().stylize_batch(contents, style, params, **kwargs)
+        self.resumed.append(dict(kwargs.get("resume") or {}))
+        for index, c in enumerate(contents):
+            image = c.convert("RGB").resize((8, 4))
+            kwargs["snapshot"](Snapshot(index, ((8, 5), (16, 5)), 1, 3 + index, image))
+        raise errors.Cancelled("stopping")
+
+
+def test_a_stopped_job_resumes_from_its_snapshot_which_goes_once_it_is_done(
+    setup, tmp_path: Path
+) -> None:
+    config, journal, _, _ = setup
+    engine = StoppingEngine()
+    store = SnapshotStore(config.state / "snapshots")
+    worker = Worker(journal, engine, lambda: config, wall=lambda: 1000.0, snapshots=store)
+    for i in range(2):
+        enqueue(config, journal, f"p{i}.png", (i * 50, 0, 0))
+    worker.run_once()
+    assert set(states(journal).values()) == {"queued"}  # released, to be taken again
+    assert sorted(p.suffix for p in store.folder.iterdir()) == [".json", ".json", ".png", ".png"]
+    engine.stop = False
+    structlog.reset_defaults()  # a CLI test before may have left warning-level filtering
+    with capture_logs() as logs:
+        worker.run_once()
+    resumed = engine.resumed[-1]
+    assert sorted(resumed) == [0, 1]
+    assert [(s.index, s.scale, s.step, s.schedule) for s in resumed.values()] == [
+        (0, 1, 3, ((8, 5), (16, 5))),
+        (1, 1, 4, ((8, 5), (16, 5))),
+    ]
+    assert resumed[0].image.size == (8, 4)
+    assert [e["step"] for e in logs if e["event"] == "job_resumed"] == [3, 4]
+    assert states(journal) == {"p0.png": "done", "p1.png": "done"}
+    assert list(store.folder.iterdir()) == []  # done: nothing left to resume
+
+
+def test_a_snapshot_of_other_content_or_settings_is_ignored_and_removed(setup) -> None:
+    config, journal, _, _ = setup
+    store = SnapshotStore(config.state / "snapshots")
+    enqueue(config, journal, "p.png", (1, 2, 3))
+    (job,) = journal.jobs()
+    store.save(job, Snapshot(0, ((16, 1),), 1, 1, Image.new("RGB", (16, 8))))
+    assert store.load(job, 0) is not None
+    other = dataclasses.replace(job, fingerprint="0" * 64)
+    structlog.reset_defaults()
+    with capture_logs() as logs:
+        assert store.load(other, 0) is None
+    assert logs[0]["event"] == "snapshot_ignored"
+    assert list(store.folder.iterdir()) == []
+    store.save(job, Snapshot(0, ((16, 1),), 1, 1, Image.new("RGB", (16, 8))))
+    (store.folder / f"{job.id}.png").write_bytes(b"a torn write")
+    assert store.load(job, 0) is None
+    store.save(job, Snapshot(0, ((16, 1),), 1, 1, Image.new("RGB", (16, 8))))
+    assert store.prune({job.id}) == 0
+    assert store.prune(set()) == 2
