@@ -495,7 +495,7 @@ class Stylizer:
                 budget_seconds=budget_seconds,
                 size=params.size,
                 optimised_size=upsampled_from,
-                reason="one step at the full size does not fit the budget",
+                reason="one step at the full size does not fit the time (or memory) budget",
             )
         return [
             Stylized(
