@@ -81,7 +81,7 @@ class Stylized:
     budget_seconds: float | None = None
     # The group's optimisation time on the Stylizer's clock (planning and calibration included).
     optimise_seconds: float = 0.0
-    # (long edge, steps) per scale that ran; a tiled run ends with (size, steps per tile).
+    # (long edge, steps) per scale that ran; a tiled run ends with (size, steps of all its tiles).
     schedule: tuple[tuple[int, int], ...] = ()
     # The long edge the optimisation ended at when the budget was too small for one step at
     # the output's size; the result was upsampled from it. None: optimised at full size.
@@ -496,7 +496,7 @@ class Stylizer:
                 budget_seconds=budget_seconds,
                 size=params.size,
                 optimised_size=upsampled_from,
-                reason="one step at the full size does not fit the budget",
+                reason="one step at the full size does not fit the time (or memory) budget",
             )
         return [
             Stylized(
@@ -638,7 +638,7 @@ class Stylizer:
             progress=progress,
             should_stop=should_stop,
         )
-        return refined, tile_losses, (*ran, (params.size, plan.tile_steps))
+        return refined, tile_losses, (*ran, (params.size, plan.tile_steps * len(plan.tiles)))
 
     def _refine_tiles(
         self,
