@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from engine.params import Progress, StyleParams, StyleSpec
-from engine.stylizer import Stylizer, working_size
+from engine.planner import working_size
+from engine.stylizer import Stylizer
 
 __all__ = [
     "ASPECT",

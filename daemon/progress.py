@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from engine.params import Progress
-from engine.stylizer import working_size
+from engine.planner import working_size
 
 
 @dataclass(frozen=True)

@@ -287,6 +287,11 @@ def _opened(source: str | os.PathLike[str] | bytes, label: str) -> Iterator[Bina
         with Path(source).open("rb") as fp:
             if not fp.peek(1):
                 raise BadImageError(f"{label}: empty file (0 bytes)", reason="empty")
+            if not fp.seekable():
+                # A pipe or a device: the format is sniffed before decoding, which needs to go
+                # back to the start (Pillow itself reads such a stream into memory too).
+                yield io.BytesIO(fp.read())
+                return
             yield fp
     except PermissionError as exc:  # opening, or any read while decoding
         raise BadImageError(

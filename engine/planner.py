@@ -148,3 +148,10 @@ def fill(budget: float, edges: list[int], costs: list[float], ratio: float) -> P
         )
         return Plan(tuple(zip(sizes, steps, strict=True)), expected)
     return None
+
+
+def working_size(size: tuple[int, int], long_edge: int) -> tuple[int, int]:
+    """(width, height) scaled so that the long edge is `long_edge`, each edge at least 1."""
+    width, height = size
+    scale = long_edge / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))

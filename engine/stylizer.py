@@ -41,7 +41,7 @@ from engine.params import (
     StyleParams,
     StyleSpec,
 )
-from engine.planner import StepCosts
+from engine.planner import StepCosts, working_size
 from engine.tiles import Tile, feather, tile_grid
 from engine.vgg import VGGFeatures, load_vgg19_features
 
@@ -128,13 +128,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu":
         return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
     return "fp32"
-
-
-def working_size(size: tuple[int, int], long_edge: int) -> tuple[int, int]:
-    """(width, height) scaled so that the long edge is `long_edge`, each edge at least 1."""
-    width, height = size
-    scale = long_edge / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def fitted_schedule(

@@ -686,3 +686,24 @@ def test_resize_refuses_an_empty_size(long_edge: int) -> None:
 def test_the_module_exports_a_sane_default() -> None:
     # Bigger than any camera (a 100-megapixel medium format sensor fits), far below memory limits.
     assert 100_000_000 < images.DEFAULT_MAX_PIXELS < 2 * Image.MAX_IMAGE_PIXELS
+
+
+def test_a_photo_read_from_a_pipe_decodes(tmp_path: Path) -> None:
+    """A named pipe cannot seek back after the format is sniffed: it is read into memory."""
+    import threading
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 10), (200, 30, 30)).save(buffer, "PNG")
+    pipe = tmp_path / "painting.png"
+    os.mkfifo(pipe)
+
+    def write() -> None:
+        with pipe.open("wb") as out:
+            out.write(buffer.getvalue())
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    decoded = decode(pipe)
+    writer.join(10)
+    assert decoded.image.size == (20, 10)
+    assert decoded.image.getpixel((5, 5)) == (200, 30, 30)
