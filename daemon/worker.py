@@ -19,7 +19,7 @@ from PIL import Image
 
 from daemon import events, rules
 from daemon.config import Config
-from daemon.journal import Job, Journal, backoff_seconds, streak_delay
+from daemon.journal import Job, Journal, JournalError, backoff_seconds, streak_delay
 from daemon.outputs import write_atomic
 from daemon.progress import BatchProgress, group_weights
 from daemon.snapshots import SnapshotStore
@@ -81,6 +81,10 @@ _BATCH_FAILURES: tuple[tuple[type[Exception], str, Outcome], ...] = (
 
 
 def _classify(exc: Exception) -> tuple[str, Outcome]:
+    if isinstance(exc, JournalError):
+        # A photo's write reached the journal from inside the batch (each photo is marked done
+        # as soon as it is written) and the journal failed: its disk full, its lock held.
+        return "journal", Outcome.PASSING
     for kind_type, kind, outcome in _BATCH_FAILURES:
         if isinstance(exc, kind_type):
             return kind, outcome
@@ -374,24 +378,34 @@ class Worker:
         claimed = self._deliver(config, job, data)
         if claimed is None:
             return
+        width, height = result.image.size
+        self._done(
+            job,
+            claimed,
+            seconds,
+            size=f"{width}x{height}",
+            steps=result.steps,
+            seconds=round(seconds, 2),
+            device=result.device,
+            budget_seconds=result.budget_seconds,
+            optimise_seconds=round(result.optimise_seconds, 2),
+            schedule=[list(scale) for scale in result.schedule],
+            upsampled_from=result.upsampled_from,
+        )
+
+    def _done(self, job: Job, claimed: str, took: float, **summary: object) -> None:
+        """The output is in place: mark the job done, log its one summary line (`job_done`, with
+        `summary`'s fields) and tell the subscribers (the booth page, hooks, metrics)."""
         self._journal.mark_done(job.id, claimed)
         self._forget_snapshot(job)
-        width, height = result.image.size
         log.info(
             "job_done",
             source=job.source,
             output=claimed,
             rule=job.rule,
             style=job.style,
-            size=f"{width}x{height}",
-            steps=result.steps,
-            seconds=round(seconds, 2),
-            device=result.device,
             result="done",
-            budget_seconds=result.budget_seconds,
-            optimise_seconds=round(result.optimise_seconds, 2),
-            schedule=[list(scale) for scale in result.schedule],
-            upsampled_from=result.upsampled_from,
+            **summary,
         )
         self._bus.emit(
             events.JobDone(
@@ -400,7 +414,7 @@ class Worker:
                 output=claimed,
                 rule=job.rule,
                 style=job.style,
-                seconds=seconds,
+                seconds=took,
             )
         )
 
@@ -420,31 +434,9 @@ class Worker:
         except OSError:
             return False  # moved, deleted or replaced meanwhile: make it anew
         claimed = self._deliver(config, job, data)
-        if claimed is None:
-            return True  # failed and recorded
-        self._journal.mark_done(job.id, claimed)
-        log.info(
-            "job_done",
-            source=job.source,
-            output=claimed,
-            rule=job.rule,
-            style=job.style,
-            steps=0,
-            seconds=0.0,
-            reused=previous,
-            result="done",
-        )
-        self._bus.emit(
-            events.JobDone(
-                job=job.id,
-                source=job.source,
-                output=claimed,
-                rule=job.rule,
-                style=job.style,
-                seconds=0.0,
-            )
-        )
-        return True
+        if claimed is not None:
+            self._done(job, claimed, 0.0, steps=0, seconds=0.0, reused=previous)
+        return True  # done, or failed and recorded
 
     def _deliver(self, config: Config, job: Job, data: bytes) -> str | None:
         """Claim the job's output name and write `data` there; the name, or None after

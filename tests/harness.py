@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -403,3 +404,25 @@ class Fleet:
             if daemon.proc is not None and daemon.proc.poll() is None:
                 daemon.proc.kill()
                 daemon.proc.wait()
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str, why_fine: str) -> Iterator[Path]:
+    """A tmpfs of `size` (`256k`) mounted on `folder` (made if missing) for the test's length; the
+    test skips where mounting is not allowed (it needs root or CAP_SYS_ADMIN), saying
+    `why_fine`: what covers the case without it."""
+    import pytest
+
+    folder.mkdir(exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}; {why_fine}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from harness import (
     originals,
     output_names,
     photo,
+    small_tmpfs,
     temporaries,
 )
 
@@ -38,24 +38,11 @@ def count(daemon: Daemon, event: str, **fields: object) -> int:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs mounted on the output folder; skips where mounting is not allowed."""
-    folder = tmp_path / "outbox"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(
-            "cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): "
-            f"{mounted.stderr.strip()}; tests/test_worker.py covers ENOSPC in-process"
-        )
-    try:
+    """A 256 KiB tmpfs mounted on the output folder."""
+    with small_tmpfs(
+        tmp_path / "outbox", "256k", "tests/test_worker.py covers ENOSPC in-process"
+    ) as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def fill(folder: Path) -> Path:
