@@ -15,6 +15,7 @@ import structlog
 import torch
 from harness import Fleet
 from PIL import Image
+from webharness import Web
 
 from engine.params import EngineConfig
 from engine.stylizer import Stylizer
@@ -106,3 +107,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def webs() -> Iterator[list[Web]]:
+    """`stylewatch web` processes a test started (tests/webharness.py), killed after it."""
+    started: list[Web] = []
+    yield started
+    for web in started:
+        web.kill()

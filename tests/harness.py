@@ -426,3 +426,17 @@ def small_tmpfs(folder: Path, size: str, why_fine: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def one_rule_config(tmp_path: Path, defaults: str, rule_extra: str = "") -> Path:
+    """The smallest config with one style (a placeholder painting: nothing decodes it) and one
+    rule matching everything; `defaults` is the defaults mapping, `rule_extra` lines under the
+    rule (indented four spaces)."""
+    (tmp_path / "inbox").mkdir(exist_ok=True)
+    (tmp_path / "p.jpg").write_bytes(b"painting")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"input: inbox\noutput: outbox\nstate: state\nstyles: {{s: {{image: p.jpg}}}}\n"
+        f"defaults: {defaults}\nrules:\n  - match: '**/*'\n    styles: [s]\n{rule_extra}"
+    )
+    return path

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import pytest
+from harness import one_rule_config
 from PIL import Image
 from structlog.testing import capture_logs
 
@@ -158,38 +159,27 @@ def test_an_explicit_step_count_wins_over_the_budget_with_a_warning(
 # -- the config and the CLI -------------------------------------------------------------------
 
 
-def _config(tmp_path: Path, defaults: str, rule_extra: str = "") -> Path:
-    (tmp_path / "inbox").mkdir(exist_ok=True)
-    (tmp_path / "p.jpg").write_bytes(b"painting")
-    path = tmp_path / "c.yaml"
-    path.write_text(
-        f"input: inbox\noutput: outbox\nstate: state\nstyles: {{s: {{image: p.jpg}}}}\n"
-        f"defaults: {defaults}\nrules:\n  - match: '**/*'\n    styles: [s]\n{rule_extra}"
-    )
-    return path
-
-
 def _params(path: Path) -> StyleParams:
     return load_config(path).rules[0].targets[0].settings.params
 
 
 def test_seconds_in_a_rule_beats_steps_in_the_defaults(tmp_path: Path) -> None:
-    params = _params(_config(tmp_path, "{steps: 200}", "    seconds: 12.5\n"))
+    params = _params(one_rule_config(tmp_path, "{steps: 200}", "    seconds: 12.5\n"))
     assert (params.seconds, params.steps, params.budgeted) == (12.5, None, True)
 
 
 def test_steps_in_a_rule_beat_seconds_in_the_defaults(tmp_path: Path) -> None:
-    params = _params(_config(tmp_path, "{seconds: 5}", "    steps: 40\n"))
+    params = _params(one_rule_config(tmp_path, "{seconds: 5}", "    steps: 40\n"))
     assert (params.seconds, params.steps) == (None, 40)
 
 
 def test_steps_beside_seconds_are_kept_for_the_engine_to_warn_about(tmp_path: Path) -> None:
-    params = _params(_config(tmp_path, "{seconds: 5, steps: 40}"))
+    params = _params(one_rule_config(tmp_path, "{seconds: 5, steps: 40}"))
     assert (params.seconds, params.steps, params.budgeted) == (5.0, 40, False)
 
 
 def test_a_preset_beside_a_budget_gives_the_shape_not_the_steps(tmp_path: Path) -> None:
-    params = _params(_config(tmp_path, "{preset: fast}", "    seconds: 8\n"))
+    params = _params(one_rule_config(tmp_path, "{preset: fast}", "    seconds: 8\n"))
     assert (params.seconds, params.steps) == (8.0, None)
     assert params.scale_step_ratio == PRESETS["fast"]["scale_step_ratio"]
 
@@ -197,7 +187,7 @@ def test_a_preset_beside_a_budget_gives_the_shape_not_the_steps(tmp_path: Path) 
 @pytest.mark.parametrize("value", ["0", "-3", "fast", ".nan"])
 def test_a_bad_budget_is_a_config_error_naming_its_key_and_line(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(_config(tmp_path, "{size: 64}", f"    seconds: {value}\n"))
+        load_config(one_rule_config(tmp_path, "{size: 64}", f"    seconds: {value}\n"))
     message = str(info.value)
     assert "c.yaml:9" in message
     assert "rules[0].seconds" in message

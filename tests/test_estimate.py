@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from daemon.cli import main
 from daemon.estimate import StepCost, fit, predict, step_seconds
 from engine.params import Progress, StyleParams
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging() -> Iterator[None]:
-    """main() configures logging at warning level for the process; later tests that capture
-    info lines must not inherit that."""
-    yield
-    structlog.reset_defaults()
 
 
 def _reports(seconds: list[float]) -> list[Progress]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness import one_rule_config
 
 from daemon.config import load_config
 from daemon.errors import ConfigError
@@ -25,19 +26,8 @@ def test_presets_fix_scales_and_steps_and_fast_is_cheapest() -> None:
         with_preset(StyleParams(), "ludicrous")
 
 
-def _config(tmp_path: Path, defaults: str, rule_extra: str = "") -> Path:
-    (tmp_path / "inbox").mkdir(exist_ok=True)
-    (tmp_path / "p.jpg").write_bytes(b"painting")
-    path = tmp_path / "c.yaml"
-    path.write_text(
-        f"input: inbox\noutput: outbox\nstate: state\nstyles: {{s: {{image: p.jpg}}}}\n"
-        f"defaults: {defaults}\nrules:\n  - match: '**/*'\n    styles: [s]\n{rule_extra}"
-    )
-    return path
-
-
 def test_a_config_preset_expands_and_keys_beside_it_win(tmp_path: Path) -> None:
-    config = load_config(_config(tmp_path, "{preset: fast, steps: 90, size: 256}"))
+    config = load_config(one_rule_config(tmp_path, "{preset: fast, steps: 90, size: 256}"))
     params = config.rules[0].targets[0].settings.params
     assert params.steps == 90  # explicit beats the preset in the same mapping
     assert params.scale_step_ratio == PRESETS["fast"]["scale_step_ratio"]
@@ -45,13 +35,13 @@ def test_a_config_preset_expands_and_keys_beside_it_win(tmp_path: Path) -> None:
 
 
 def test_a_rules_preset_overrides_the_defaults_steps(tmp_path: Path) -> None:
-    config = load_config(_config(tmp_path, "{steps: 500}", "    preset: best\n"))
+    config = load_config(one_rule_config(tmp_path, "{steps: 500}", "    preset: best\n"))
     assert config.rules[0].targets[0].settings.params.steps == PRESETS["best"]["steps"]
 
 
 def test_an_unknown_preset_is_a_config_error_with_its_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(_config(tmp_path, "{preset: fats}"))
+        load_config(one_rule_config(tmp_path, "{preset: fats}"))
     assert "c.yaml:5" in str(info.value)
     assert "'fast'" in str(info.value)
 

@@ -61,14 +61,6 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriv
     chrome.quit()
 
 
-@pytest.fixture
-def webs() -> Iterator[list[Web]]:
-    started: list[Web] = []
-    yield started
-    for web in started:
-        web.kill()
-
-
 def wait(browser: WebDriver, condition: object, what: str) -> object:
     return WebDriverWait(browser, DEADLINE, poll_frequency=0.05).until(
         condition, message=f"timed out waiting for {what}"

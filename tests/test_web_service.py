@@ -4,21 +4,11 @@ the service's own metrics textfile and the journal agree after a burst with fail
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from harness import Fleet, photo, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from webharness import Web, add_config
-
-
-@pytest.fixture
-def webs() -> Iterator[list[Web]]:
-    started: list[Web] = []
-    yield started
-    for web in started:
-        web.kill()
 
 
 def outcomes(text: str) -> dict[str, float]:
