@@ -11,9 +11,12 @@ than loaded into plain dicts, because a dict forgets where each value came from.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
+import hashlib
 import ipaddress
+import json
 import math
 import re
 import string
@@ -77,6 +80,8 @@ MATCH_FLAGS = wcglob.GLOBSTAR | wcglob.IGNORECASE | wcglob.FORCEUNIX
 NAME_FLAGS = wcfnmatch.IGNORECASE | wcfnmatch.DOTMATCH | wcfnmatch.FORCEUNIX
 
 STYLE_NAME = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
+# A rule's name goes into output paths through `{rule}`: letters, digits, `_`, `-` and `.`.
+RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?", re.ASCII)
 PLACEHOLDERS: tuple[str, ...] = ("dir", "stem", "ext", "style", "rule")
 
@@ -143,6 +148,23 @@ class EngineSettings:
     # A running job's image is saved to the state folder this often (seconds; 0: never), so that
     # a stop or a crash resumes it from there instead of from step 0.
     snapshot_seconds: float = 10.0
+    # One worker process per entry: ("auto",) is one worker on `device`; ("all",) one per CUDA
+    # GPU found at start; or devices such as ("cuda:0", "cuda:1") or ("cpu", "cpu").
+    devices: tuple[str, ...] = ("auto",)
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Several hosts: the work goes through Redis Streams (daemon/broker.py) when `url` is set."""
+
+    url: str | None = None  # redis://host:port/db, rediss://..., unix:///path/redis.sock
+    # Key prefix in Redis: installs that share one server keep apart by it.
+    namespace: str = "stylewatch"
+    # A worker that has not renewed its batch's lease for this long is taken for dead, and
+    # another worker takes the batch over (seconds).
+    lease_seconds: float = 60.0
+    # A batch delivered this many times without a result (it kills its workers) fails its photos.
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True)
@@ -241,7 +263,7 @@ class OutputTemplate:
                 raise ValueError(f"placeholder {{{name}}} may only carry a plain format spec")
         return cls(text)
 
-    def render(self, *, dir: str, stem: str, ext: str, style: str, rule: int) -> PurePosixPath:
+    def render(self, *, dir: str, stem: str, ext: str, style: str, rule: str) -> PurePosixPath:
         """The output path of one photo; ValueError when it would leave the output folder."""
         text = self.text.format(dir=dir, stem=stem, ext=ext, style=style, rule=rule)
         return safe_relpath(text)
@@ -255,6 +277,9 @@ class Rule:
     styles: tuple[str, ...]
     output: OutputTemplate
     targets: tuple[Target, ...]  # one per style, in the order of `styles`
+    # The rule's identity in the journal, the logs and `{rule}`: its `name:`, or one derived
+    # from its match and styles, so that moving the rule in the list changes nothing.
+    name: str = ""
     overrides: Mapping[str, object] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
@@ -310,10 +335,44 @@ class Config:
     hooks: HooksConfig = field(default_factory=HooksConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
 
 
 # ---------------------------------------------------------------------------------------------
 # Public helpers
+
+
+def derived_rule_name(match: Sequence[str], styles: Sequence[str]) -> str:
+    """A rule's name when it has no `name:`: its globs and styles as a slug
+    (`booth1/**/*.jpg` + starry -> `booth1-jpg-starry`), shortened with a hash when long."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", "-".join((*match, *styles))).strip("-") or "rule"
+    if len(slug) > 48:
+        slug = f"{slug[:40].rstrip('-')}-{_rule_hash(match, styles)}"
+    return slug
+
+
+def name_rules(rules: Sequence[Rule]) -> list[Rule]:
+    """Give every rule without a `name:` its derived one. Two rules that would derive the same
+    name (or one that a named rule took) each get a hash of their match and styles appended, so
+    that the name never depends on the rules' order."""
+    taken = {rule.name for rule in rules if rule.name}
+    derived = {id(r): derived_rule_name(r.match, r.styles) for r in rules if not r.name}
+    uses = collections.Counter(derived.values())
+    named: list[Rule] = []
+    for rule in rules:
+        if rule.name:
+            named.append(rule)
+            continue
+        name = derived[id(rule)]
+        if name in taken or uses[name] > 1:
+            name = f"{name}-{_rule_hash(rule.match, rule.styles)}"
+        named.append(dataclasses.replace(rule, name=name))
+    return named
+
+
+def _rule_hash(match: Sequence[str], styles: Sequence[str]) -> str:
+    key = json.dumps([list(match), list(styles)], separators=(",", ":"))
+    return hashlib.sha256(key.encode()).hexdigest()[:6]
 
 
 def safe_relpath(text: str) -> PurePosixPath:
@@ -484,6 +543,7 @@ _TOP_KEYS = (
     "rules",
     "retry",
     "logging",
+    "broker",
 )
 _RETRY_KEYS = tuple(f.name for f in dataclasses.fields(RetrySettings))
 _FACE_KEYS = ("web", "hooks", "metrics")  # read by `stylewatch web`, hooks and metrics
@@ -502,9 +562,10 @@ _ENGINE_KEYS = (
     "cuda_graphs",
     "threads",
     "snapshot_seconds",
+    "devices",
 )
 _STYLE_KEYS = ("image", "images", "credit")
-_RULE_KEYS = ("match", "styles", "output")
+_RULE_KEYS = ("name", "match", "styles", "output")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _INVALID = object()  # a value that failed to parse; the problem is already recorded
 
@@ -540,6 +601,7 @@ class _Loader:
         retry = self.retry(top.get("retry"))
         engine = self.engine(top.get("engine"))
         logging_settings = self.logging(top.get("logging"))
+        broker = self.broker(top.get("broker"))
         defaults_layer = self.overrides(
             self.section(top.get("defaults"), "defaults", SETTING_KEYS), "defaults"
         )
@@ -569,6 +631,7 @@ class _Loader:
             hooks=hooks,
             metrics=metrics,
             logging=logging_settings,
+            broker=broker,
         )
 
     def folder(self, top: _Fields, name: str, root: yaml.Node) -> Path | None:
@@ -772,6 +835,7 @@ class _Loader:
         stuck_seconds: object = 600.0
         threads: object = None
         snapshot_seconds: object = 10.0
+        devices: object = ("auto",)
         for name, (_, node) in fields.items():
             key = f"engine.{name}"
             value: object = _INVALID
@@ -812,6 +876,8 @@ class _Loader:
                 )
             elif name == "threads":
                 threads = self.integer(node, key, lambda v: 1 <= v <= 1024, "between 1 and 1024")
+            elif name == "devices":
+                devices = self.devices(node, key, fields.get("device"))
             if value is not _INVALID:
                 changes[name] = value
         try:
@@ -825,7 +891,79 @@ class _Loader:
             float(stuck_seconds) if isinstance(stuck_seconds, int | float) else 600.0,
             threads if isinstance(threads, int) else None,
             float(snapshot_seconds) if isinstance(snapshot_seconds, int | float) else 10.0,
+            devices if isinstance(devices, tuple) else ("auto",),
         )
+
+    def devices(
+        self, node: yaml.Node, key: str, device: tuple[yaml.Node, yaml.Node] | None
+    ) -> object:
+        """`auto`, `all`, or a list of devices, one worker process each."""
+        if isinstance(node, yaml.ScalarNode):
+            value = self.text(node, key)
+            if value in ("auto", "all"):
+                return (value,)
+            if isinstance(value, str):
+                self.problem(
+                    node, key, "expected auto, all, or a list of devices such as [cuda:0, cuda:1]"
+                )
+            return _INVALID
+        items = self.texts(node, key) or []
+        found: list[str] = []
+        problems = len(self.problems)
+        for item, text in items:
+            if not DEVICE.fullmatch(text) or text == "auto":
+                self.problem(
+                    item,
+                    key,
+                    f"unknown device {text!r}{_suggest(text, ('cpu', 'cuda', 'mps'))}; "
+                    "use cpu, cuda:N or mps (each entry is one worker process)",
+                )
+            elif text.startswith("cuda") and text in found:
+                self.problem(item, key, f"{text} is listed twice: one worker per GPU")
+            found.append(text)
+        if not items and isinstance(node, yaml.SequenceNode):
+            self.problem(node, key, "name at least one device, or write auto")
+        if device is not None and self.scalar(device[1]) not in ("auto", None):
+            self.problem(
+                device[1],
+                "engine.device",
+                "set engine.device or engine.devices, not both: with devices, each worker "
+                "runs on its own entry",
+            )
+        return tuple(found) if found and len(self.problems) == problems else _INVALID
+
+    def broker(self, entry: tuple[yaml.Node, yaml.Node] | None) -> BrokerConfig:
+        fields = self.section(
+            entry, "broker", tuple(f.name for f in dataclasses.fields(BrokerConfig))
+        )
+        changes: dict[str, object] = {}
+        for name, (_, node) in fields.items():
+            key = f"broker.{name}"
+            value: object = _INVALID
+            if name == "url":
+                value = self.text(node, key)
+                if isinstance(value, str) and not value.startswith(
+                    ("redis://", "rediss://", "unix://")
+                ):
+                    self.problem(
+                        node,
+                        key,
+                        "expected redis://host:port/db, rediss://host:port/db or "
+                        "unix:///path/to/redis.sock",
+                    )
+                    value = _INVALID
+            elif name == "namespace":
+                value = self.text(node, key)
+                if isinstance(value, str) and STYLE_NAME.fullmatch(value) is None:
+                    self.problem(node, key, "use letters, digits, `_` and `-`")
+                    value = _INVALID
+            elif name == "lease_seconds":
+                value = self.real(node, key, lambda v: 5 <= v <= 3600, "between 5 and 3600 s")
+            elif name == "max_attempts":
+                value = self.integer(node, key, lambda v: 1 <= v <= 100, "between 1 and 100")
+            if value is not _INVALID:
+                changes[name] = value
+        return dataclasses.replace(BrokerConfig(), **changes)  # type: ignore[arg-type]
 
     def logging(self, entry: tuple[yaml.Node, yaml.Node] | None) -> LoggingSettings:
         fields = self.section(entry, "logging", _LOGGING_KEYS)
@@ -967,11 +1105,25 @@ class _Loader:
         if not isinstance(node, yaml.SequenceNode) or not node.value:
             self.problem(node, "rules", "expected a list of rules (`- match: ...`)")
             return rules
+        named: dict[str, int] = {}
         for index, rule_node in enumerate(node.value):
             rule = self.rule(index, rule_node, styles, style_layers, defaults)
-            if rule is not None:
-                rules.append(rule)
-        return rules
+            if rule is None:
+                continue
+            if rule.name:
+                if rule.name in named:
+                    where = next(
+                        (v for k, v in rule_node.value if getattr(k, "value", None) == "name"),
+                        rule_node,
+                    )
+                    self.problem(
+                        where,
+                        f"rules[{index}].name",
+                        f"the name {rule.name!r} is already taken by rules[{named[rule.name]}]",
+                    )
+                named.setdefault(rule.name, index)
+            rules.append(rule)
+        return name_rules(rules)
 
     def rule(
         self,
@@ -987,6 +1139,21 @@ class _Loader:
             return None
         self.check_keys(fields, _RULE_KEYS + SETTING_KEYS, key)
         ok = True
+        rule_name = ""
+        if "name" in fields:
+            value = self.text(fields["name"][1], f"{key}.name")
+            if isinstance(value, str) and RULE_NAME.fullmatch(value) is None:
+                self.problem(
+                    fields["name"][1],
+                    f"{key}.name",
+                    f"{value!r} is not a valid rule name: up to 64 letters, digits, `_`, `-` and "
+                    "`.`, starting with a letter or a digit (it can appear in output paths)",
+                )
+                ok = False
+            elif isinstance(value, str):
+                rule_name = value
+            else:
+                ok = False
         patterns = self.globs(fields, node, key)
         names = self.rule_styles(fields, node, key, styles)
         layer = self.overrides(fields, key)
@@ -1002,7 +1169,7 @@ class _Loader:
                 ok = False
             else:
                 targets.append(Target(name, styles[name].spec, settings, styles[name].credit))
-        template = self.template(fields, node, key=key, names=names, targets=targets, index=index)
+        template = self.template(fields, node, key=key, names=names, targets=targets)
         if not ok or template is None or patterns is None:
             return None
         return Rule(
@@ -1012,6 +1179,7 @@ class _Loader:
             styles=tuple(names),
             output=template,
             targets=tuple(targets),
+            name=rule_name,
             overrides=MappingProxyType({k: s.value for k, s in layer.items()}),
             matcher=wcglob.compile(list(patterns), flags=MATCH_FLAGS),
         )
@@ -1069,7 +1237,6 @@ class _Loader:
         key: str,
         names: Sequence[str],
         targets: Sequence[Target],
-        index: int,
     ) -> OutputTemplate | None:
         if "output" in fields:
             node = fields["output"][1]
@@ -1088,7 +1255,7 @@ class _Loader:
                 seen: dict[PurePosixPath, str] = {}
                 for name in names or ("style",):
                     path = template.render(
-                        dir=folder, stem="photo", ext=exts.get(name, "jpg"), style=name, rule=index
+                        dir=folder, stem="photo", ext=exts.get(name, "jpg"), style=name, rule="rule"
                     )
                     if path in seen:
                         raise ValueError(

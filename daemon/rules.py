@@ -110,7 +110,7 @@ def plan(rule: Rule, relpath: PurePosixPath) -> Plan | Ignored:
                 stem=relpath.stem,
                 ext=ext,
                 style=target.style_name,
-                rule=rule.index,
+                rule=rule.name,
             )
         except ValueError as exc:
             return Ignored("unsafe_output", str(exc))

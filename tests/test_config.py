@@ -835,3 +835,56 @@ def test_logging_and_threads_are_read_and_checked(tmp_path: Path) -> None:
     )
     assert "logging.colour: unknown key" in shown
     assert f"{path}:7: engine.threads: must be between 1 and 1024, got 0" in shown
+
+
+# --- engine.devices: one worker process per entry -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "devices"),
+    [
+        ("auto", ("auto",)),
+        ("all", ("all",)),
+        ("[cpu, cpu]", ("cpu", "cpu")),
+        ("['cuda:0', 'cuda:1']", ("cuda:0", "cuda:1")),
+    ],
+)
+def test_engine_devices(tmp_path: Path, value: str, devices: tuple[str, ...]) -> None:
+    config = load_text(
+        tmp_path, MINIMAL.replace("engine: {device: auto}", f"engine: {{devices: {value}}}")
+    )
+    assert config.engine.devices == devices
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[gpu]", "unknown device 'gpu'"),
+        ("['cuda:0', 'cuda:0']", "cuda:0 is listed twice: one worker per GPU"),
+        ("[]", "name at least one device, or write auto"),
+        ("some", "expected auto, all, or a list of devices"),
+    ],
+)
+def test_bad_engine_devices(tmp_path: Path, value: str, message: str) -> None:
+    text = MINIMAL.replace("engine: {device: auto}", f"engine: {{devices: {value}}}")
+    _, error = problems(tmp_path, text)
+    (problem,) = error.problems
+    assert (problem.key, problem.line) == ("engine.devices", line_of(text, "devices"))
+    assert message in problem.message
+
+
+def test_device_and_devices_together_are_refused(tmp_path: Path) -> None:
+    text = MINIMAL.replace("engine: {device: auto}", "engine: {device: cpu, devices: [cpu, cpu]}")
+    _, error = problems(tmp_path, text)
+    assert [p.key for p in error.problems] == ["engine.device"]
+    assert "not both" in error.problems[0].message
+
+
+def test_broker_section(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path, MINIMAL + "broker: {url: 'unix:///run/redis/redis.sock', lease_seconds: 30}\n"
+    )
+    assert config.broker.url == "unix:///run/redis/redis.sock"
+    assert config.broker.lease_seconds == 30
+    _, error = problems(tmp_path / "b", MINIMAL + "broker: {url: 'http://x'}\n")
+    assert [p.key for p in error.problems] == ["broker.url"]

@@ -9,6 +9,7 @@ import pytest
 from harness import MINIMAL
 
 from daemon.config import Config, load_config
+from daemon.errors import ConfigError
 from daemon.rules import Ignored, Plan, Unmatched, decide, ignored, plan
 from engine.params import StyleImage, StyleParams
 
@@ -209,17 +210,18 @@ def test_template_placeholders(tmp_path: Path) -> None:
     config = custom(
         tmp_path,
         """\
-        - match: "**"
+        - name: booth
+          match: "**"
           styles: [starry, blend]
-          output: "by-style/{style}/r{rule}/{dir}/{stem}-art.{ext}"
+          output: "by-style/{style}/r-{rule}/{dir}/{stem}-art.{ext}"
         """,
     )
     assert outputs(config, "a/b/IMG_1.png") == [
-        ("starry", "by-style/starry/r0/a/b/IMG_1-art.png"),
-        ("blend", "by-style/blend/r0/a/b/IMG_1-art.png"),
+        ("starry", "by-style/starry/r-booth/a/b/IMG_1-art.png"),
+        ("blend", "by-style/blend/r-booth/a/b/IMG_1-art.png"),
     ]
     # {dir} is empty at the top level: no empty folder name and no leading '/'.
-    assert outputs(config, "IMG_2.jpg")[0] == ("starry", "by-style/starry/r0/IMG_2-art.jpg")
+    assert outputs(config, "IMG_2.jpg")[0] == ("starry", "by-style/starry/r-booth/IMG_2-art.jpg")
 
 
 def test_outputs_never_leave_the_output_folder_at_decide_time(tmp_path: Path) -> None:
@@ -330,3 +332,75 @@ def test_not_recursive_takes_only_top_level_files(tmp_path: Path) -> None:
     assert planned(config, "x.jpg").rule_index == 0
     assert decide(config, PurePosixPath("a/x.jpg")) == Ignored("not_recursive", "a")
     assert ignored(config, PurePosixPath("a"), is_dir=True) == Ignored("not_recursive", "a")
+
+
+# --- rule names: the rule's identity, whatever its position --------------------------------------
+
+
+def test_rules_without_a_name_get_one_from_their_match_and_styles(tmp_path: Path) -> None:
+    config = custom(
+        tmp_path,
+        """\
+        - match: "booth1/**/*.jpg"
+          styles: [starry, blend]
+        - match: "**/*"
+          styles: [starry]
+        """,
+    )
+    assert [rule.name for rule in config.rules] == ["booth1-jpg-starry-blend", "starry"]
+    assert planned(config, "booth1/a.jpg").rule.name == "booth1-jpg-starry-blend"
+
+
+def test_a_rules_name_does_not_depend_on_its_position(tmp_path: Path) -> None:
+    first = custom(
+        tmp_path / "a", '- match: "a/**"\n  styles: [starry]\n- match: "**"\n  styles: [blend]\n'
+    )
+    moved = custom(
+        tmp_path / "b",
+        '- match: "new/**"\n  styles: [blend]\n- match: "a/**"\n  styles: [starry]\n'
+        '- match: "**"\n  styles: [blend]\n',
+    )
+    assert planned(first, "a/x.jpg").rule.name == planned(moved, "a/x.jpg").rule.name == "a-starry"
+
+
+def test_rules_that_would_derive_the_same_name_are_told_apart_by_a_hash(tmp_path: Path) -> None:
+    config = custom(
+        tmp_path,
+        """\
+        - match: "a/*.jpg"
+          styles: [starry]
+        - match: "a/**/*.jpg"
+          styles: [starry]
+        - name: starry
+          match: "**"
+          styles: [starry]
+        - match: "**/*"
+          styles: [starry]
+        """,
+    )
+    names = [rule.name for rule in config.rules]
+    assert names[2] == "starry"
+    assert len(set(names)) == 4
+    assert names[0].startswith("a-jpg-starry-")
+    assert names[1].startswith("a-jpg-starry-")
+    assert names[3].startswith("starry-")
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        (
+            '- {name: x, match: "a/**", styles: [starry]}\n'
+            '- {name: x, match: "**", styles: [blend]}',
+            "rules[1].name: the name 'x' is already taken by rules[0]",
+        ),
+        (
+            '- {name: "../up", match: "**", styles: [starry]}',
+            "rules[0].name: '../up' is not a valid rule name",
+        ),
+    ],
+)
+def test_bad_rule_names_are_refused(tmp_path: Path, rules: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        custom(tmp_path, rules)
+    assert message in str(info.value)
