@@ -304,7 +304,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(
         level=args.log_level or settings.level, renderer=args.log_format or settings.format
     )
-    _apply_threads(service.config)
+    # engine.threads applies in the worker processes (daemon/pool.py): this one has no torch.
     service.install_signal_handlers(early.seen)
     try:
         service.run()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -27,9 +27,12 @@ __all__ = [
     "JobRetry",
     "JobStarted",
     "JobsReleased",
+    "QueueCounts",
     "ServiceHeartbeat",
     "ServiceReady",
     "ServiceStopping",
+    "WorkerDown",
+    "WorkerUp",
 ]
 
 log = structlog.get_logger()
@@ -65,7 +68,7 @@ class ServiceHeartbeat(Event):
 class JobQueued(Event):
     job: int
     source: str
-    rule: int
+    rule: str  # the rule's name
     style: str
     output: str
 
@@ -96,7 +99,7 @@ class JobDone(Event):
     job: int
     source: str
     output: str  # the path actually written, relative to the output folder
-    rule: int
+    rule: str  # the rule's name
     style: str
     seconds: float
 
@@ -108,7 +111,7 @@ class JobFailed(Event):
     job: int
     source: str
     output: str  # the planned output, relative
-    rule: int
+    rule: str  # the rule's name
     style: str
     kind: str
     error: str
@@ -138,6 +141,31 @@ class JobCancelled(Event):
     source: str
     reason: str
     job: int | None = None  # None: every queued job of the source
+
+
+@dataclass(frozen=True)
+class QueueCounts(Event):
+    """The journal's jobs per state, read every few seconds by the intake (for STATUS)."""
+
+    counts: Mapping[str, int]
+    error: str | None = None  # the journal could not be read
+
+
+@dataclass(frozen=True)
+class WorkerUp(Event):
+    """A worker process started (or restarted) and has its model loaded."""
+
+    worker: str
+    device: str
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class WorkerDown(Event):
+    """A worker process died or hung; the pool restarts it."""
+
+    worker: str
+    reason: str
 
 
 Subscriber = Callable[[Event], None]

@@ -109,7 +109,7 @@ class HookRunner:
         job: int,
         output: str,
         source: str,
-        rule: int,
+        rule: str,
         style: str,
         error: str | None = None,
     ) -> None:

@@ -1,10 +1,12 @@
 """The job journal: SQLite in the state folder, written through, one row per unit of work.
 
-A job is keyed by (source, fingerprint, rule, style, settings_hash): the same content under the
-same rule and settings is processed once, whatever happens to the file's metadata or to the
-daemon. The journal is the only memory of the service, so it refuses to guess: a corrupted, newer
-or foreign database, or one in use by another daemon, raises JournalError instead of being
-replaced by an empty one.
+A job is a work order (daemon/orders.py), stored as canonical JSON, keyed by (source,
+fingerprint, style, settings_hash): the same content in the same style and settings is processed
+once, whatever happens to the file's metadata, to the rules' order or to the daemon. The worker
+that runs a job is recorded with it, so the jobs of a worker process that died go back to the
+queue without touching the other workers' jobs. The journal is the only memory of the service,
+so it refuses to guess: a corrupted, newer or foreign database, or one in use by another daemon,
+raises JournalError instead of being replaced by an empty one.
 
 Failures: a failure that cannot pass (a bad photo) fails the job at once. Trouble that can pass
 (I/O, permissions, a painting or a share that is away) keeps the job queued, retried with capped
@@ -23,7 +25,6 @@ import contextlib
 import enum
 import errno
 import fcntl
-import hashlib
 import os
 import sqlite3
 import threading
@@ -36,6 +37,8 @@ from typing import IO, Any
 
 import structlog
 
+from daemon.orders import OrderError, WorkOrder, hash_file
+
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_RETRY_FOR",
@@ -43,7 +46,6 @@ __all__ = [
     "LOCK_NAME",
     "SCHEMA_VERSION",
     "Job",
-    "JobSpec",
     "JobState",
     "Journal",
     "JournalError",
@@ -57,7 +59,7 @@ log = structlog.get_logger()
 
 JOURNAL_NAME = "journal.sqlite3"
 LOCK_NAME = "lock"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_MAX_ATTEMPTS = 5
 # Six hours: a share or a disk away overnight still fails its jobs by morning, where `stylewatch
 # status` shows them; anything shorter fails photos during an ordinary outage.
@@ -65,7 +67,6 @@ DEFAULT_RETRY_FOR = 6 * 3600.0
 # Long enough to ride out a `stylewatch status` or `retry` in another process holding the write
 # lock for a moment; short enough that a stuck one is reported instead of hanging the daemon.
 BUSY_TIMEOUT_SECONDS = 5.0
-_CHUNK = 1 << 20
 WAL_PAGES = 32
 
 _SCHEMA = """
@@ -73,7 +74,7 @@ CREATE TABLE jobs (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     source        TEXT    NOT NULL,
     fingerprint   TEXT    NOT NULL,
-    rule          INTEGER NOT NULL,
+    rule          TEXT    NOT NULL,  -- the rule's name (schema 3; its index before)
     style         TEXT    NOT NULL,
     settings_hash TEXT    NOT NULL,
     output        TEXT    NOT NULL,
@@ -87,7 +88,10 @@ CREATE TABLE jobs (
     updated       REAL    NOT NULL,
     started       REAL,              -- when the current or last attempt began (schema 2)
     first_failure REAL,              -- start of the current streak of passing trouble (schema 2)
-    UNIQUE (source, fingerprint, rule, style, settings_hash)
+    work_order    TEXT,              -- the order as canonical JSON; NULL: from schema 2, not yet
+                                     -- read against the config (daemon/intake.py adopts it)
+    worker        TEXT,              -- the worker that runs (or last ran) the job
+    UNIQUE (source, fingerprint, style, settings_hash)
 );
 CREATE INDEX jobs_by_state ON jobs (state, seq);
 CREATE TABLE fingerprints (
@@ -111,7 +115,9 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 );
 """
-# From schema 1 (the first release) to 2, in place; done jobs stay done, queued ones run once.
+# From schema 1 (the first release) to 2 and 3, in place; done jobs stay done, queued ones run
+# once. Schema 3 drops the rule's index from the key (a rule is known by its name now), so the
+# table is rebuilt; two rows that differed only by the rule's index keep the one that got furthest.
 _MIGRATIONS = {
     1: """
 ALTER TABLE jobs ADD COLUMN started REAL;
@@ -120,6 +126,21 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+""",
+    2: """
+ALTER TABLE jobs RENAME TO jobs_v2;
+DROP INDEX jobs_by_state;
+"""
+    + _SCHEMA.split("CREATE TABLE fingerprints", maxsplit=1)[0]
+    + """
+INSERT OR IGNORE INTO jobs (id, source, fingerprint, rule, style, settings_hash, output, state,
+    attempts, last_error, error_kind, not_before, seq, created, updated, started, first_failure)
+SELECT id, source, fingerprint, '#' || rule, style, settings_hash, output, state, attempts,
+    last_error, error_kind, not_before, seq, created, updated, started, first_failure
+FROM jobs_v2
+ORDER BY CASE state WHEN 'done' THEN 0 WHEN 'running' THEN 1 WHEN 'queued' THEN 2
+    WHEN 'failed' THEN 3 ELSE 4 END, id;
+DROP TABLE jobs_v2;
 """,
 }
 
@@ -141,23 +162,11 @@ class JobState(enum.Enum):
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """What the watcher asks for: process this content of this source under this rule."""
-
-    source: str  # path relative to the input root, POSIX separators
-    fingerprint: str
-    rule: int  # index of the rule in the config
-    style: str
-    settings_hash: str  # hash of the resolved StyleParams and output settings
-    output: str  # planned output path, relative to the output root
-
-
-@dataclass(frozen=True)
 class Job:
     id: int
     source: str
     fingerprint: str
-    rule: int
+    rule: str  # the rule's name ("#N" for a job from schema 2 not yet adopted)
     style: str
     settings_hash: str
     output: str  # planned output until done, then the path actually written
@@ -170,11 +179,13 @@ class Job:
     updated: float
     started: float | None = None  # when the current or last attempt began
     first_failure: float | None = None  # queued after passing trouble: since when it lasts
+    order: WorkOrder | None = None  # None: a job from schema 2 not yet adopted (intake.py)
+    worker: str | None = None  # the worker that runs, or last ran, the job
 
 
 _JOB_COLUMNS = (
     "id, source, fingerprint, rule, style, settings_hash, output, state, attempts, last_error,"
-    " error_kind, not_before, created, updated, started, first_failure"
+    " error_kind, not_before, created, updated, started, first_failure, work_order, worker"
 )
 
 
@@ -196,7 +207,18 @@ def _job(row: tuple[Any, ...]) -> Job:
         updated=row[13],
         started=row[14],
         first_failure=row[15],
+        order=_order(row[16]),
+        worker=row[17],
     )
+
+
+def _order(text: str | None) -> WorkOrder | None:
+    if not text:
+        return None
+    try:
+        return WorkOrder.from_json(text)
+    except OrderError as exc:
+        raise JournalError(f"a job's work order cannot be read: {exc}") from exc
 
 
 def backoff_seconds(
@@ -221,15 +243,6 @@ def streak_delay(streak_seconds: float, *, first: float = 5.0, cap: float = 60.0
     after the trouble is gone.
     """
     return float(min(cap, max(first, streak_seconds)))
-
-
-def hash_file(path: Path) -> str:
-    """sha256 of the file's content, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _variant(wanted: str, n: int) -> str:
@@ -364,45 +377,111 @@ class Journal:
 
     # ---- jobs -----------------------------------------------------------------------------------
 
-    def enqueue(self, spec: JobSpec) -> Job | None:
-        """Queue a job; None when its key is already known (queued, running, done or failed).
+    def enqueue(self, order: WorkOrder) -> Job | None:
+        """Queue a work order; None when its key is already known (queued, running, done or
+        failed).
 
-        A cancelled job with the same key (its source vanished, then came back) is queued again.
+        A cancelled job with the same key (its source vanished, then came back) is queued again,
+        with this order (the rule that plans it may have a new name).
         """
         now = self._wall()
-        key = (spec.source, spec.fingerprint, spec.rule, spec.style, spec.settings_hash)
+        key = (order.source, order.fingerprint, order.style, order.settings_hash)
+        text = order.to_json()
         with self._tx() as cur:
             row = cur.execute(
-                "SELECT id, state FROM jobs WHERE source = ? AND fingerprint = ? AND rule = ?"
-                " AND style = ? AND settings_hash = ?",
+                "SELECT id, state FROM jobs WHERE source = ? AND fingerprint = ? AND style = ?"
+                " AND settings_hash = ?",
                 key,
             ).fetchone()
             if row is None:
                 cur.execute(
-                    "INSERT INTO jobs (source, fingerprint, rule, style, settings_hash, output,"
-                    " state, seq, created, updated)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*key, spec.output, JobState.QUEUED.value, _next_seq(cur), now, now),
+                    "INSERT INTO jobs (source, fingerprint, style, settings_hash, rule, output,"
+                    " work_order, state, seq, created, updated)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        *key,
+                        order.rule,
+                        order.output,
+                        text,
+                        JobState.QUEUED.value,
+                        _next_seq(cur),
+                        now,
+                        now,
+                    ),
                 )
                 job_id = cur.lastrowid
             elif row[1] == JobState.CANCELLED.value:
                 job_id = row[0]
                 cur.execute(
-                    "UPDATE jobs SET state = ?, output = ?, attempts = 0, last_error = NULL,"
-                    " error_kind = NULL, not_before = 0, seq = ?, updated = ? WHERE id = ?",
-                    (JobState.QUEUED.value, spec.output, _next_seq(cur), now, job_id),
+                    "UPDATE jobs SET state = ?, rule = ?, output = ?, work_order = ?, attempts = 0,"
+                    " last_error = NULL, error_kind = NULL, not_before = 0, seq = ?, updated = ?"
+                    " WHERE id = ?",
+                    (
+                        JobState.QUEUED.value,
+                        order.rule,
+                        order.output,
+                        text,
+                        _next_seq(cur),
+                        now,
+                        job_id,
+                    ),
                 )
             else:
                 return None
             assert job_id is not None
             return _fetch(cur, job_id)
 
-    def take(self, limit: int, now: float) -> list[Job]:
-        """Start up to `limit` jobs: the oldest due one and more of its style and settings.
+    def adopt(self, job_id: int, order: WorkOrder | None) -> bool:
+        """Give a job from schema 2 (no order yet) the order that the config plans for it now,
+        or None when it plans none: the job is then marked as read (and cancelled if queued).
+        False when another job already holds the order's key: this one is then cancelled as its
+        duplicate (a queued one) or kept for the record (a done one)."""
+        with self._tx() as cur:
+            job = _fetch(cur, job_id)
+            clash = order is not None and cur.execute(
+                "SELECT id FROM jobs WHERE source = ? AND fingerprint = ? AND style = ?"
+                " AND settings_hash = ? AND id != ?",
+                (order.source, order.fingerprint, order.style, order.settings_hash, job_id),
+            ).fetchone() is not None
+            if order is None or clash:
+                cur.execute("UPDATE jobs SET work_order = '' WHERE id = ?", (job_id,))
+                if job.state is JobState.QUEUED:
+                    cur.execute(
+                        "UPDATE jobs SET state = ?, error_kind = 'cancelled', last_error = ?,"
+                        " updated = ? WHERE id = ?",
+                        (
+                            JobState.CANCELLED.value,
+                            "the same work is queued as another job"
+                            if clash
+                            else "the config no longer plans this output",
+                            self._wall(),
+                            job_id,
+                        ),
+                    )
+                return False
+            assert order is not None
+            cur.execute(
+                "UPDATE jobs SET work_order = ?, rule = ?, settings_hash = ? WHERE id = ?",
+                (order.to_json(), order.rule, order.settings_hash, job_id),
+            )
+            return True
+
+    def unadopted(self) -> list[Job]:
+        """Jobs from schema 2 that have no order yet (daemon/intake.py adopts them at start)."""
+        with self._read() as cur:
+            rows = cur.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE work_order IS NULL ORDER BY seq"
+            )
+            return [_job(r) for r in rows]
+
+    def take(self, limit: int, now: float, *, worker: str = "worker-0") -> list[Job]:
+        """Start up to `limit` jobs for `worker`: the oldest due one and more of its style and
+        settings.
 
         Jobs come in arrival order; the batch holds only jobs with the same style and
         settings_hash as the first, since the engine batches photos that share a style target.
-        They are marked RUNNING with one more attempt, in one transaction.
+        They are marked RUNNING, owned by `worker`, with one more attempt, in one transaction.
+        Jobs without an order (from schema 2, not adopted yet) wait for their adoption.
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
@@ -410,7 +489,7 @@ class Journal:
         with self._tx() as cur:
             first = cur.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? AND not_before <= ?"
-                " ORDER BY seq LIMIT 1",
+                " AND work_order != '' ORDER BY seq LIMIT 1",
                 (JobState.QUEUED.value, now),
             ).fetchone()
             if first is None:
@@ -420,7 +499,8 @@ class Journal:
                 r[0]
                 for r in cur.execute(
                     "SELECT id FROM jobs WHERE state = ? AND not_before <= ? AND style = ?"
-                    " AND settings_hash = ? AND id != ? ORDER BY seq LIMIT ?",
+                    " AND settings_hash = ? AND id != ? AND work_order != ''"
+                    " ORDER BY seq LIMIT ?",
                     (
                         JobState.QUEUED.value,
                         now,
@@ -432,9 +512,9 @@ class Journal:
                 )
             ]
             cur.executemany(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ?, started = ?"
-                " WHERE id = ?",
-                [(JobState.RUNNING.value, stamp, stamp, job_id) for job_id in ids],
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ?, started = ?,"
+                " worker = ? WHERE id = ?",
+                [(JobState.RUNNING.value, stamp, stamp, worker, job_id) for job_id in ids],
             )
             return [_fetch(cur, job_id) for job_id in ids]
 
@@ -512,6 +592,15 @@ class Journal:
                 ),
             )
             return _fetch(cur, job_id)
+
+    def running(self, worker: str) -> list[Job]:
+        """The jobs `worker` is running: after it died, the pool puts them back with this."""
+        with self._read() as cur:
+            rows = cur.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? AND worker = ? ORDER BY seq",
+                (JobState.RUNNING.value, worker),
+            )
+            return [_job(r) for r in rows]
 
     def release(self, job_id: int) -> Job:
         """Put a running job back in the queue without counting the attempt (shutdown, or a
@@ -968,7 +1057,8 @@ def _script(conn: sqlite3.Connection, body: str) -> None:
     try:
         conn.executescript(
             f"BEGIN IMMEDIATE;\n{body}\n"
-            f"INSERT INTO meta (key, value) VALUES ('journal_id', '{identity}');\n"
+            # OR IGNORE: an upgraded journal keeps its identity (the output folder knows it).
+            f"INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', '{identity}');\n"
             f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
         )
     except BaseException:

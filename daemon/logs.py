@@ -85,6 +85,15 @@ def configure(
         cache_logger_on_first_use=False,
     )
     _forward_stdlib(max(min_level, _STDLIB_MIN_LEVEL))
+    _current[:] = [(level, renderer)]
+
+
+_current: list[tuple[str, Renderer]] = [("info", "auto")]
+
+
+def current() -> tuple[str, Renderer]:
+    """(level, renderer) of the last configure(): worker processes log the same way."""
+    return _current[0]
 
 
 class _ToStructlog(logging.Handler):

@@ -15,6 +15,7 @@ from wcmatch import fnmatch as wcfnmatch
 from wcmatch import glob as wcglob
 
 from daemon.config import BUILTIN_IGNORES, MATCH_FLAGS, NAME_FLAGS, Config, Rule
+from daemon.orders import Painting, PaintingIds, WorkOrder
 from engine.metadata import Credit
 from engine.params import StyleParams, StyleSpec
 
@@ -127,6 +128,33 @@ def plan(rule: Rule, relpath: PurePosixPath) -> Plan | Ignored:
             )
         )
     return Plan(rule.index, rule, tuple(outputs))
+
+
+def orders(
+    decision: Plan, source: str, fingerprint: str, paintings: PaintingIds | None = None
+) -> tuple[WorkOrder, ...]:
+    """The work orders of a plan, one per output, for this content of the photo at `source`.
+    `paintings` gives the paintings' content hashes (without it they are left empty)."""
+    return tuple(
+        WorkOrder(
+            source=source,
+            fingerprint=fingerprint,
+            rule=decision.rule.name,
+            style=out.style_name,
+            paintings=(
+                paintings.of(out.style)
+                if paintings is not None
+                else tuple(Painting(str(i.path), i.weight) for i in out.style.images)
+            ),
+            params=out.params,
+            output=str(out.relpath),
+            format=out.format,
+            quality=out.quality,
+            metadata=out.metadata,
+            credit=out.credit,
+        )
+        for out in decision.outputs
+    )
 
 
 def _inside(folder: Path, parent: Path) -> PurePosixPath | None:

@@ -1,58 +1,85 @@
 """The service's lifecycle: start -> run -> drain -> stop, read top to bottom.
 
-Threads: the watcher's own (events, rescans), the worker (the engine), and the main thread, which
-runs intake (settled files -> rules -> journal), reloads, status and systemd's watchdog. Signal
-handlers only set flags and wake the main thread.
+Three parts (see the README's picture): the intake (daemon/intake.py: watcher events -> settled
+files -> work orders in the journal, on its own thread), the pool (daemon/pool.py: one worker
+process per device, each fed by a worker thread here that owns outputs and the journal's
+completion), and this lifecycle, whose main thread only answers signals, systemd's watchdog and
+STATUS, and checks that the journal is still its own. Signal handlers only set flags and wake it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import FrameType
 
 import structlog
 
-from daemon import events, rules, snapshots
+from daemon import events
 from daemon.config import Config, load_config
 from daemon.errors import ConfigError
 from daemon.hooks import HookRunner
-from daemon.journal import JobSpec, JobState, Journal, JournalError, SourceChangedError
+from daemon.intake import Intake, adopt
+from daemon.journal import Journal, JournalError
 from daemon.live import LiveState
 from daemon.metrics import TextfileWriter
 from daemon.notify import Notifier
 from daemon.outputs import OUTPUT_MARKER, claim_output_folder, clean_stale_temporaries
-from daemon.snapshots import SnapshotStore
-from daemon.stability import Signature, StabilityTracker, stat_signature
+from daemon.pool import EngineFactory, Pool, real_engine
 from daemon.watcher import Watcher
-from daemon.worker import Engine, Worker, settings_hash, still_planned
-from engine.errors import StyleError
-from engine.params import EngineConfig
 
 log = structlog.get_logger()
 
 STATUS_SECONDS = 2.0  # how often STATUS= is refreshed
 STATE_CHECK_SECONDS = 2.0  # how often the service checks that its journal is still its own
-# While the journal cannot be written (its disk full, a lock held by another program), intake
-# pauses: it tries again this often, and says so in the log at most once per INTAKE_LOG_SECONDS.
-INTAKE_RETRY_SECONDS = 5.0
-INTAKE_LOG_SECONDS = 60.0
 HEARTBEAT_SECONDS = 1.0  # how often live.json says the main loop is alive
 # Settings that only take effect at start: a reload that changes them says a restart is needed.
-RESTART_ONLY = ("input", "output", "state", "watch", "engine", "retry")
+RESTART_ONLY = ("input", "output", "state", "watch", "engine", "retry", "broker")
 
 
-def real_engine(config: EngineConfig) -> Engine:
-    from engine.stylizer import Stylizer
+class StatusBoard:
+    """sd_notify's STATUS line, kept up to date from events (the queue's counts, workers going
+    down and up); the main loop only reads `text`."""
 
-    return Stylizer(config)
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._error: str | None = None
+        self._down: dict[str, str] = {}
+        self.paused: str | None = None  # set by the service from the intake
+        self.changed: Callable[[], None] | None = None  # wakes the main loop to send it
+
+    def __call__(self, event: events.Event) -> None:
+        if self.changed is not None and isinstance(event, events.WorkerDown | events.WorkerUp):
+            self.changed()
+        if isinstance(event, events.QueueCounts):
+            self._error = event.error
+            if event.error is None:
+                self._counts = dict(event.counts)
+        elif isinstance(event, events.WorkerDown):
+            self._down[event.worker] = event.reason
+        elif isinstance(event, events.WorkerUp):
+            self._down.pop(event.worker, None)
+
+    @property
+    def text(self) -> str:
+        if self._error is not None:
+            return f"journal unreadable: {self._error}"
+        counts = self._counts
+        text = (
+            f"{counts.get('queued', 0)} queued, {counts.get('running', 0)} running, "
+            f"{counts.get('done', 0)} done, {counts.get('failed', 0)} failed"
+        )
+        if self._down:
+            text += f"; restarting {', '.join(sorted(self._down))}"
+        if self.paused is not None:
+            text += f"; intake paused: {self.paused}"
+        return text
 
 
 class Service:
@@ -60,35 +87,28 @@ class Service:
         self,
         config_path: Path,
         *,
-        engine_factory: Callable[[EngineConfig], Engine] = real_engine,
+        engine_factory: EngineFactory = real_engine,
         notifier: Notifier | None = None,
         stop_grace: float = 30.0,
     ) -> None:
         self.config_path = config_path
-        self.config: Config = load_config(
-            config_path
-        )  # a broken config fails here, before anything
+        # A broken config fails here, before anything.
+        self.config: Config = load_config(config_path)
         self._engine_factory = engine_factory
         self._notifier = notifier or Notifier.from_environment()
         self._stop_grace = stop_grace  # how long a running batch may finish before it is aborted
         self.stop_event = threading.Event()
         self._wake = threading.Event()  # wakes the main loop
-        self._worker_wake = threading.Event()  # wakes the worker: new jobs
+        self._worker_wake = threading.Event()  # wakes the workers: new jobs
         self._reload_requested = False
-        self._stop_now = False  # a second stop signal: abort the running batch at once
-        self._tracker = StabilityTracker(self.config.watch.settle_seconds)
-        # Signatures of files already taken in, so rescans do not redo intake for unchanged files.
-        self._taken: dict[Path, Signature] = {}
-        self._unmatched: set[PurePosixPath] = set()
-        self._taken_lock = threading.Lock()
+        self._stop_now = False  # a second stop signal: abort the running batches at once
         self._state_lost: str | None = None  # why the service stopped: its journal is gone
-        # Intake paused by a journal that cannot be written: (until, reason, last logged).
-        self._intake_paused: tuple[float, str] | None = None
-        self._intake_logged = -math.inf
-        self._intake_announced = False
-        self._scan_requested = False
-        # Job and service events: the live state file, hooks and the metrics textfile listen.
+        # Job, worker and service events: the live state file, hooks, the metrics textfile and
+        # STATUS listen.
         self.bus = events.EventBus()
+        self.status = StatusBoard()
+        self.status.changed = self._wake.set
+        self._intake: Intake | None = None
 
     # -- signals: flags only ---------------------------------------------------------------------
 
@@ -133,6 +153,7 @@ class Service:
             textfile = TextfileWriter(
                 config.metrics.textfile, config.metrics.interval_seconds, journal, live.snapshot
             )
+        self.bus.subscribe(self.status)
         for subscriber in (live, hooks):
             self.bus.subscribe(subscriber)
             subscriber.start()
@@ -165,101 +186,98 @@ class Service:
             stale_temporaries=cleaned,
         )
         self.journal = journal
+        adopt(journal, config)  # jobs of a journal from before work orders
         if self.stop_event.is_set():
             return  # stopped while starting: nothing was taken, nothing to drain
-        engine = self._engine_factory(config.engine.engine)
-        if self.stop_event.is_set():
-            engine.close()  # SIGTERM while the model loaded: no batch may start now
-            return
-        self._prepare_styles(engine, config)
-        watcher = Watcher(config, self)
-        worker = Worker(
+        intake = Intake(
             journal,
-            engine,
             lambda: self.config,
-            source_missing=self._source_missing,
-            snapshots=SnapshotStore(config.state / snapshots.FOLDER),
             bus=self.bus,
+            queued=self._worker_wake.set,
+            reload=self._reload,
         )
-        worker_stop = threading.Event()
-        worker_thread = threading.Thread(
-            target=self._run_worker, args=(worker, worker_stop), name="stylewatch-worker"
+        self._intake = intake
+        pool = Pool(
+            journal,
+            lambda: self.config,
+            engine_factory=self._engine_factory,
+            bus=self.bus,
+            wake=self._worker_wake,
+            source_missing=intake.source_missing,
         )
+        pool.start()  # the models load; a bad checkpoint or no GPU raises here
+        if self.stop_event.is_set():
+            pool.close()  # SIGTERM while the models loaded: no batch may start now
+            return
+        watcher = Watcher(config, intake)
         try:
             watcher.start()
             found = watcher.scan()
             if self.stop_event.is_set():
-                return  # the finally below stops the watcher; the worker never started
-            worker_thread.start()
+                return  # the finally below stops the watcher; no worker started
+            pool.run()
+            intake.start(scan=watcher.scan)
             log.info(
                 "service_ready",
                 mode=watcher.mode,
                 files_found=found,
                 queued=journal.queued_count(),
-                # Where the model runs: `device: auto` falls back to the CPU when no GPU is seen.
-                device=str(getattr(engine, "device", "unknown")),
-                precision=str(getattr(engine, "precision", config.engine.engine.precision)),
+                workers=len(pool.slots),
+                # Where the models run: `device: auto` falls back to the CPU when no GPU is seen.
+                device=pool.device,
+                precision=pool.precision,
                 # True only on a GPU with engine.cuda_graphs on (a failed capture logs why).
-                cuda_graphs=bool(getattr(getattr(engine, "graphs", None), "enabled", False)),
+                cuda_graphs=pool.graphs,
             )
             self.bus.emit(
                 events.ServiceReady(
                     pid=os.getpid(),
-                    device=str(getattr(engine, "device", "unknown")),
-                    precision=str(getattr(engine, "precision", config.engine.engine.precision)),
+                    device=pool.device,
+                    precision=pool.precision,
                     input=str(config.input),
                     output=str(config.output),
                 )
             )
-            self._notifier.ready(self._status_text(journal))
-            self._main_loop(journal, watcher, worker, worker_thread)
+            self._notifier.ready(self.status.text)
+            self._main_loop(journal, watcher, intake, pool)
         finally:
             self._notifier.stopping()
             log.info("service_stopping")
             self.bus.emit(events.ServiceStopping(pid=os.getpid()))
-            # The worker first: it must not take another batch while the watcher's threads are
-            # being joined (seconds on a slow share).
-            worker_stop.set()
-            self._worker_wake.set()
+            # The workers first: they must not take another batch while the watcher's threads
+            # are being joined (seconds on a slow share).
+            pool.stop()
             if self._state_lost is not None:
-                worker.abort()  # its journal is gone: nothing it finishes could be recorded
+                pool.abort()  # its journal is gone: nothing they finish could be recorded
+            intake.stop()
             watcher.stop()
-            if worker_thread.is_alive():
-                self._drain(worker, worker_thread)
-            engine.close()
+            self._drain(pool)
+            pool.close()
 
-    def _main_loop(
-        self, journal: Journal, watcher: Watcher, worker: Worker, worker_thread: threading.Thread
-    ) -> None:
+    def _main_loop(self, journal: Journal, watcher: Watcher, intake: Intake, pool: Pool) -> None:
         ping_every = self._notifier.watchdog_interval()
         next_ping = next_status = next_state_check = next_beat = 0.0
         was_healthy = True
+        sent = ""
         while not self.stop_event.is_set():
             if self._reload_requested:
                 self._reload_requested = False
-                self._reload(journal)
-            if self._scan_requested:
-                self._scan_requested = False
-                watcher.scan()  # after a reload: files the new rules plan differently
+                intake.request_reload()  # read and applied on the intake's thread
             if time.monotonic() >= next_state_check:
                 next_state_check = time.monotonic() + STATE_CHECK_SECONDS
                 if self._check_state(journal):
                     break
-            # Wake the worker once per round, not per file: a burst that settled together is
-            # queued together and so can run as one batch.
-            if self._intake_round(journal):
-                self._worker_wake.set()
             now = time.monotonic()
-            if now >= next_status:
-                self._notifier.status(self._status_text(journal))
-                next_status = now + STATUS_SECONDS
+            self.status.paused = None if intake.paused is None else intake.paused[1]
+            text = self.status.text
+            if now >= next_status or text != sent:  # a change (a worker down) is told at once
+                self._notifier.status(text)
+                sent, next_status = text, now + STATUS_SECONDS
+            healthy = watcher.alive() and intake.alive() and pool.alive()
             if now >= next_beat:
-                self.bus.emit(
-                    events.ServiceHeartbeat(healthy=self._healthy(watcher, worker, worker_thread))
-                )
+                self.bus.emit(events.ServiceHeartbeat(healthy=healthy))
                 next_beat = now + HEARTBEAT_SECONDS
             if now >= next_ping:
-                healthy = self._healthy(watcher, worker, worker_thread)
                 if healthy and ping_every is not None:
                     self._notifier.watchdog()
                 if healthy != was_healthy:
@@ -268,62 +286,38 @@ class Service:
                         logging.INFO if healthy else logging.ERROR,
                         "service_healthy" if healthy else "service_unhealthy",
                         watcher_alive=watcher.alive(),
-                        worker_alive=worker_thread.is_alive(),
-                        seconds_since_progress=round(now - worker.heartbeat, 1),
+                        intake_alive=intake.alive(),
+                        workers_alive=pool.alive(),
                     )
                     was_healthy = healthy
                 next_ping = now + (ping_every or 1.0)
-            self._wake.wait(self._sleep_time(min(next_status, next_beat), next_ping))
+            wake_at = min(next_status, next_beat, next_ping, now + STATE_CHECK_SECONDS)
+            self._wake.wait(max(0.01, wake_at - time.monotonic()))
             self._wake.clear()
 
-    def _drain(self, worker: Worker, worker_thread: threading.Thread) -> None:
-        """Let the running batch finish within the grace time; a second signal, or the end of
-        the grace time, aborts it at its next step (its jobs go back to the queue)."""
-        if worker.busy:
+    def _drain(self, pool: Pool) -> None:
+        """Let the running batches finish within the grace time; a second signal, or the end of
+        the grace time, aborts them at their next step (their jobs go back to the queue)."""
+        busy = pool.busy()
+        if busy:
             log.warning(
                 "stop_waiting",
-                sources=list(worker.current),
+                sources=busy,
                 grace_seconds=self._stop_grace,
                 hint="the running batch may finish first; a second Ctrl-C (or SIGTERM) stops "
                 "at once, and its photos resume from their last snapshot at the next start",
             )
         deadline = time.monotonic() + self._stop_grace
-        while worker_thread.is_alive() and not self._stop_now and time.monotonic() < deadline:
-            worker_thread.join(0.1)
-        if worker_thread.is_alive():
+        while not self._stop_now and time.monotonic() < deadline:
+            if pool.join(0.1):
+                return
+        if not pool.join(0):
             if self._stop_now:
-                log.warning("stopping_now", sources=list(worker.current), reason="second signal")
+                log.warning("stopping_now", sources=pool.busy(), reason="second signal")
             else:
                 log.warning("aborting_batch", grace_seconds=self._stop_grace)
-            worker.abort()
-            worker_thread.join()
-
-    def _run_worker(self, worker: Worker, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                worker.run(stop, self._worker_wake)
-            except Exception:  # a journal or disk error: log it, wait, carry on
-                log.exception("worker_error")
-                # The batch that broke off is still marked running: it goes back to the queue
-                # before the worker takes anything else, however long the journal needs.
-                while not stop.wait(5.0) and not self._requeue_abandoned():
-                    pass
-
-    def _requeue_abandoned(self) -> bool:
-        """Put the jobs of the batch that just broke off back in the queue; False when the
-        journal still fails (the caller tries again).
-
-        They are still marked running, and nothing would take them again before a restart. Only
-        the worker thread runs jobs, so every running job belongs to that batch.
-        """
-        try:
-            requeued = self.journal.recover()
-        except JournalError as exc:
-            log.warning("requeue_failed", error=str(exc), retry_in=5.0)
-            return False
-        if requeued:
-            log.info("jobs_requeued", jobs=requeued, reason="worker_error")
-        return True
+            pool.abort()
+            pool.join()
 
     def _claim_output_folder(self, journal: Journal) -> None:
         """The output folder remembers the journal that writes it (OUTPUT_MARKER). Another
@@ -362,193 +356,9 @@ class Service:
         self.stop_event.set()
         return True
 
-    # -- what the watcher reports (called from its threads) -------------------------------------
+    # -- reload: on the intake's thread ---------------------------------------------------------
 
-    def seen(self, relpath: PurePosixPath) -> None:
-        path = self.config.input / relpath
-        signature = stat_signature(path)
-        if signature is None:
-            self._tracker.forget(path)
-            return
-        with self._taken_lock:
-            if self._taken.get(path) == signature:
-                return  # unchanged since intake: a rescan, or a metadata-free event
-        if not self._tracker.is_pending(path):
-            log.info(
-                "file_settling",
-                source=str(relpath),
-                settle_seconds=self.config.watch.settle_seconds,
-            )
-        self._tracker.observe(path, signature)
-        self._wake.set()
-
-    def activity(self, relpath: PurePosixPath) -> None:
-        self._tracker.activity(self.config.input / relpath)
-        self._wake.set()
-
-    def gone(self, relpath: PurePosixPath) -> None:
-        path = self.config.input / relpath
-        self._tracker.forget(path)
-        with self._taken_lock:
-            self._taken.pop(path, None)
-        if _undecodable(relpath) is not None:
-            return  # never queued (see _intake)
-        cancelled = self.journal.cancel_source(
-            str(relpath), "source removed before it was processed"
-        )
-        if cancelled:
-            log.info("job_cancelled", source=str(relpath), jobs=cancelled, reason="source_removed")
-            self.bus.emit(events.JobCancelled(str(relpath), "source_removed"))
-
-    def _source_missing(self, source: str) -> None:
-        """The worker found no file for a queued job (called from its thread). Forget that it was
-        taken in: if the same file comes back (its folder was away), the rescan queues it again."""
-        with self._taken_lock:
-            self._taken.pop(self.config.input / source, None)
-
-    # -- intake: a settled file becomes jobs ----------------------------------------------------
-
-    def _intake_round(self, journal: Journal) -> int:
-        """Take in every settled file; returns how many jobs were queued.
-
-        When the journal cannot be written (its disk full, its lock held by another program),
-        intake pauses: the files stay tracked, the round is tried again every
-        INTAKE_RETRY_SECONDS, and the log and STATUS say so once a minute, not once per file.
-        """
-        now = time.monotonic()
-        if self._intake_paused is not None and now < self._intake_paused[0]:
-            return 0
-        queued = 0
-        due = self._tracker.due()
-        for index, path in enumerate(due):
-            try:
-                queued += self._intake(journal, path)
-            except JournalError as exc:
-                # This file and the rest of the round wait; nothing is lost.
-                for waiting in due[index:]:
-                    with self._taken_lock:
-                        self._taken.pop(waiting, None)
-                    self._tracker.activity(waiting)
-                self._pause_intake(str(exc), len(due) - index)
-                return queued
-        if self._intake_paused is not None and due:
-            if self._intake_announced:
-                # Said once per pause that was said: a disk that flaps (frees a little, fills
-                # again) makes at most a pair of lines a minute.
-                log.info("intake_resumed", after=self._intake_paused[1])
-                self._intake_announced = False
-            self._intake_paused = None
-        return queued
-
-    def _pause_intake(self, reason: str, files: int) -> None:
-        now = time.monotonic()
-        self._intake_paused = (now + INTAKE_RETRY_SECONDS, reason)
-        if now - self._intake_logged >= INTAKE_LOG_SECONDS:
-            self._intake_logged = now
-            self._intake_announced = True
-            log.warning(
-                "intake_paused",
-                error=reason,
-                files_waiting=files,
-                retry_every=INTAKE_RETRY_SECONDS,
-                hint="new photos are taken in as soon as the journal can be written again",
-            )
-
-    def _intake(self, journal: Journal, path: Path) -> int:
-        """A settled file: decide, fingerprint, queue. Returns how many jobs it queued."""
-        config = self.config
-        relpath = PurePosixPath(path.relative_to(config.input).as_posix())
-        signature = stat_signature(path)
-        if signature is None:
-            return 0
-        with self._taken_lock:
-            if self._taken.get(path) == signature:
-                # Opened or closed without a change (our own worker reading it, a viewer).
-                return 0
-        shown = _undecodable(relpath)
-        if shown is not None:
-            log.warning(
-                "file_ignored",
-                source=shown,
-                reason="undecodable_name",
-                detail="the name is not valid UTF-8, which the journal needs; rename the file",
-            )
-            self._remember(path, signature)
-            return 0
-        decision = rules.decide(config, relpath)
-        if isinstance(decision, rules.Ignored):
-            log.info(
-                "file_ignored", source=str(relpath), reason=decision.reason, detail=decision.detail
-            )
-            self._remember(path, signature)
-            return 0
-        if isinstance(decision, rules.Unmatched):
-            if relpath not in self._unmatched:
-                self._unmatched.add(relpath)
-                log.info("file_unmatched", source=str(relpath), hint="no rule matches this path")
-            self._remember(path, signature)
-            return 0
-        return self._queue(journal, path, relpath, decision, signature)
-
-    def _queue(
-        self,
-        journal: Journal,
-        path: Path,
-        relpath: PurePosixPath,
-        decision: rules.Plan,
-        signature: Signature,
-    ) -> int:
-        """One job per planned output, unless this content was already done in that style."""
-        try:
-            fingerprint = journal.fingerprint(str(relpath), path)
-        except SourceChangedError:
-            self._tracker.activity(path)  # still being written after all: wait again
-            return 0
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            log.warning("source_unreadable", source=str(relpath), error=str(exc))
-            return 0
-        self._remember(path, signature)
-        queued = 0
-        for output in decision.outputs:
-            spec = JobSpec(
-                source=str(relpath),
-                fingerprint=fingerprint,
-                rule=decision.rule_index,
-                style=output.style_name,
-                settings_hash=settings_hash(output),
-                output=str(output.relpath),
-            )
-            if journal.has_done(spec.source, spec.fingerprint, spec.style):
-                # Already stylized in this style (perhaps under older settings): not redone.
-                log.info("file_already_done", source=spec.source, style=spec.style)
-                continue
-            if journal.has_pending(spec.source, spec.fingerprint, spec.style, spec.settings_hash):
-                continue  # queued (or failed) under the rule's old position: it stands
-            job = journal.enqueue(spec)
-            if job is not None:
-                queued += 1
-                log.info(
-                    "job_queued",
-                    source=spec.source,
-                    rule=spec.rule,
-                    style=spec.style,
-                    output=spec.output,
-                    job=job.id,
-                )
-                self.bus.emit(
-                    events.JobQueued(job.id, spec.source, spec.rule, spec.style, spec.output)
-                )
-        return queued
-
-    def _remember(self, path: Path, signature: Signature) -> None:
-        with self._taken_lock:
-            self._taken[path] = signature
-
-    # -- reload, health, status ------------------------------------------------------------------
-
-    def _reload(self, journal: Journal) -> None:
+    def _reload(self) -> None:
         self._notifier.reloading()
         try:
             new = load_config(self.config_path)
@@ -568,13 +378,12 @@ class Service:
             )
             new = dataclasses.replace(new, **{key: getattr(old, key) for key in changed})
         self.config = new
-        kept, cancelled = self._replan_queue(journal, new)
-        with self._taken_lock:
-            self._taken.clear()  # new rules may now match files that were unmatched
-        self._unmatched.clear()
+        assert self._intake is not None
+        kept, cancelled = self._intake.replan(new)
+        self._intake.forget_all()
         # One scan takes every file in again under the new rules: what they plan anew is
         # queued, what was done stays done (journal.has_done), what is queued stays queued.
-        self._scan_requested = True
+        self._intake.request_scan()
         log.info(
             "config_reloaded",
             rules=len(new.rules),
@@ -583,75 +392,3 @@ class Service:
             queued_cancelled=cancelled,
         )
         self._notifier.ready()
-
-    def _replan_queue(self, journal: Journal, config: Config) -> tuple[int, int]:
-        """The reload's one pass over the queue: a queued job that the new config still plans
-        (same style, same settings) stays; one it no longer plans is cancelled here, once,
-        rather than by the worker when its turn comes. Returns (kept, cancelled)."""
-        kept = cancelled = 0
-        try:
-            queued = journal.jobs(JobState.QUEUED)
-            for job in queued:
-                if still_planned(config, job) is not None:
-                    kept += 1
-                    continue
-                if journal.cancel(job.id, "the config no longer plans this output"):
-                    cancelled += 1
-                    log.info(
-                        "job_cancelled", source=job.source, style=job.style, reason="config_changed"
-                    )
-                    self.bus.emit(events.JobCancelled(job.source, "config_changed", job=job.id))
-        except JournalError as exc:
-            # The worker checks each job against the config before running it anyway.
-            log.warning("reload_replan_failed", error=str(exc))
-        return kept, cancelled
-
-    def _healthy(self, watcher: Watcher, worker: Worker, worker_thread: threading.Thread) -> bool:
-        """Alive and not stuck: a busy worker must show progress within engine.stuck_seconds."""
-        if not (watcher.alive() and worker_thread.is_alive()):
-            return False
-        stuck_after = self.config.engine.stuck_seconds
-        return not worker.busy or time.monotonic() - worker.heartbeat < stuck_after
-
-    def _prepare_styles(self, engine: Engine, config: Config) -> None:
-        """Load every style's paintings now, so a broken one is reported at start."""
-        for rule in config.rules:
-            for target in rule.targets:
-                try:
-                    engine.prepare_style(target.style, target.settings.params)
-                except StyleError as exc:
-                    log.error("style_unusable", style=target.style_name, error=str(exc))
-
-    def _status_text(self, journal: Journal) -> str:
-        try:
-            counts = {state.value: n for state, n in journal.counts().items()}
-        except JournalError as exc:
-            return f"journal unreadable: {exc}"
-        text = (
-            f"{counts.get('queued', 0)} queued, {counts.get('running', 0)} running, "
-            f"{counts.get('done', 0)} done, {counts.get('failed', 0)} failed"
-        )
-        if self._intake_paused is not None:
-            text += f"; intake paused: {self._intake_paused[1]}"
-        return text
-
-    def _sleep_time(self, next_status: float, next_ping: float | None) -> float:
-        now = time.monotonic()
-        wake_at = [next_status, now + STATE_CHECK_SECONDS]
-        if next_ping is not None:
-            wake_at.append(next_ping)
-        deadline = self._tracker.next_deadline()
-        if deadline is not None:
-            wake_at.append(deadline)
-        return max(0.01, min(wake_at) - now)
-
-
-def _undecodable(relpath: PurePosixPath) -> str | None:
-    """A printable form of a name that is not valid UTF-8 (bytes from an old camera or share),
-    or None for a good name. The journal keeps names as SQLite text, which must be UTF-8."""
-    text = str(relpath)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(text).decode("utf-8", "backslashreplace")
-    return None

@@ -15,17 +15,30 @@ import hashlib
 import io
 import json
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 from PIL import Image
 
-from daemon.journal import Job
 from daemon.outputs import write_atomic
 from engine.params import Snapshot
 
 log = structlog.get_logger()
 
 FOLDER = "snapshots"  # under the state folder
+
+
+class Job(Protocol):
+    """Whose snapshot it is: a journal's job, or a task of a worker process."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def settings_hash(self) -> str: ...
 
 
 class SnapshotStore:

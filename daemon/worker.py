@@ -1,140 +1,106 @@
-"""The worker: takes queued jobs in batches, stylizes them, writes outputs, classifies failures."""
+"""A worker, as the service sees it: takes batches of jobs from the journal for one executor,
+and turns what the executor reports into outputs, journal entries, log lines and events.
+
+The executor (daemon/executor.py) holds the engine, in a worker process of the pool
+(daemon/pool.py) or, in tests, in this process; it reads the photos and returns encoded
+artworks. Everything that must happen once happens here, in the process that owns the journal:
+claiming an output's name, writing it atomically, marking the job done, classifying a failure.
+The worker runs work orders as they stand in the journal and never reads the rules.
+"""
 
 from __future__ import annotations
 
-import enum
 import errno
-import hashlib
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, cast
 
 import structlog
-from PIL import Image
 
-from daemon import events, rules
+from daemon import events
 from daemon.config import Config
+from daemon.executor import Batch, Engine, Executor, Outcome, Reporter, Summary, Task
 from daemon.journal import Job, Journal, JournalError, backoff_seconds, streak_delay
 from daemon.outputs import write_atomic
-from daemon.progress import BatchProgress, group_weights
+from daemon.progress import Report
 from daemon.snapshots import SnapshotStore
-from engine import errors as engine_errors
-from engine import images
-from engine.params import Progress, Snapshot, StyleParams, StyleSpec
+from engine.params import Progress
 
-if TYPE_CHECKING:
-    # The real engine (and torch) is imported by the process that builds it, not by the daemon's
-    # modules: `stylewatch status` and the signal handlers must not wait for torch.
-    from engine.stylizer import Stylized
+__all__ = ["Engine", "LocalLink", "Outcome", "Worker", "WorkerDiedError"]
 
 log = structlog.get_logger()
 
-PROGRESS_LOG_SECONDS = 10.0  # one progress line per batch this often (and at each group's end)
+
+class WorkerDiedError(Exception):
+    """The executor's process ended (or was killed) in the middle of a batch."""
 
 
-class Engine(Protocol):
-    """What the daemon needs of the engine; engine.Stylizer is the real one."""
+class Link(Protocol):
+    """How a worker reaches its executor: in this process, or in a worker process."""
 
-    def prepare_style(self, style: StyleSpec, params: StyleParams) -> None: ...
-
-    def stylize_batch(
-        self,
-        contents: Sequence[Image.Image],
-        style: StyleSpec,
-        params: StyleParams,
-        *,
-        progress: Callable[[Progress], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        on_result: Callable[[int, Stylized], None] | None = None,
-        snapshot: Callable[[Snapshot], None] | None = None,
-        snapshot_every: float = 10.0,
-        resume: Mapping[int, Snapshot] | None = None,
-    ) -> list[Stylized]: ...
+    def run(self, batch: Batch, reporter: Reporter, should_stop: Callable[[], bool]) -> None:
+        """Run the batch; every job ends in one report. Raises WorkerDiedError when the executor
+        died before reporting them all."""
 
     def close(self) -> None: ...
 
-    def shrink_memory_budget(self) -> bool: ...
+
+class ProcessLinkBase:
+    """Marks a link to a worker process (daemon/pool.py), to tell it from an engine."""
+
+    def run(self, batch: Batch, reporter: Reporter, should_stop: Callable[[], bool]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
-class Outcome(enum.Enum):
-    """What a failure means for its job (daemon/journal.py's mark_failed)."""
+class LocalLink:
+    """The executor in this process (tests, and tools that embed the daemon)."""
 
-    PERMANENT = "permanent"  # the same inputs fail the same way: failed at once
-    PASSING = "passing"  # trouble that can pass (I/O, a share away): retried for hours
-    UNKNOWN = "unknown"  # an error of unknown kind: retried up to retry.max_attempts
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
 
+    def run(self, batch: Batch, reporter: Reporter, should_stop: Callable[[], bool]) -> None:
+        self.executor.run(batch, reporter, should_stop)
 
-# Engine failures of a whole batch: (type, kind recorded in the journal, outcome).
-_BATCH_FAILURES: tuple[tuple[type[Exception], str, Outcome], ...] = (
-    # e.g. a photo too thin for the network
-    (engine_errors.BadImageError, "bad_image", Outcome.PERMANENT),
-    # NaN: the same inputs give it again
-    (engine_errors.NumericalError, "numerical", Outcome.PERMANENT),
-    # the painting may be fixed, or its share come back
-    (engine_errors.StyleError, "style", Outcome.PASSING),
-)
+    def close(self) -> None:
+        self.executor.close()
 
 
-def _classify(exc: Exception) -> tuple[str, Outcome]:
-    if isinstance(exc, JournalError):
-        # A photo's write reached the journal from inside the batch (each photo is marked done
-        # as soon as it is written) and the journal failed: its disk full, its lock held.
-        return "journal", Outcome.PASSING
-    for kind_type, kind, outcome in _BATCH_FAILURES:
-        if isinstance(exc, kind_type):
-            return kind, outcome
-    return "internal", Outcome.UNKNOWN
-
-
-def settings_hash(output: rules.PlannedOutput) -> str:
-    """Identity of everything that shapes an output: a change makes new jobs, not stale ones."""
-    key = repr((output.params, output.style.images, output.format, output.quality))
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def still_planned(config: Config, job: Job) -> rules.PlannedOutput | None:
-    """The output that `config` plans for `job`'s photo in its style and settings, or None.
-
-    The rule's position does not matter: a rule moved in the list, or one inserted above it,
-    plans the same output, and the queued job stands.
-    """
-    decision = rules.decide(config, PurePosixPath(job.source))
-    if not isinstance(decision, rules.Plan):
-        return None
-    for output in decision.outputs:
-        if output.style_name == job.style and settings_hash(output) == job.settings_hash:
-            return output
-    return None
-
-
-@dataclass
-class _Item:
-    job: Job
-    planned: rules.PlannedOutput
-    decoded: images.Decoded
+_CANCEL_REASONS = {
+    "source_removed": "source removed before it was processed",
+    "source_changed": "source changed before it was processed",
+}
 
 
 class Worker:
-    """Owns the engine; one thread runs `run()` until `stop` is set."""
+    """Takes batches for one executor; one thread runs `run()` until `stop` is set."""
 
     def __init__(
         self,
         journal: Journal,
-        engine: Engine,
+        link: Link | Engine,
         config: Callable[[], Config],
         *,
+        name: str = "worker-0",
         wall: Callable[[], float] = time.time,
         source_missing: Callable[[str], None] | None = None,
         bus: events.EventBus | None = None,
         snapshots: SnapshotStore | None = None,
     ) -> None:
+        self.name = name
         self._journal = journal
-        self._engine = engine
+        # An engine given directly runs in this process (tests); the pool gives a process link.
+        self._link: Link = (
+            link
+            if isinstance(link, LocalLink | ProcessLinkBase)
+            else LocalLink(Executor(cast(Engine, link), snapshots))
+        )
         self._config = config
         self._wall = wall
         # Told of a job cancelled because its source was not there: the file may come back
@@ -142,16 +108,18 @@ class Worker:
         self._source_missing = source_missing
         self._bus = bus or events.EventBus()
         self._abort = threading.Event()
-        # Running jobs' snapshots: a stop or a crash resumes them from there (None: not kept).
-        self._snapshots = snapshots
+        self._snapshots = snapshots  # the parent deletes a job's snapshot when the job ends
         self.current: tuple[str, ...] = ()  # the sources of the running batch
         self._batch_limit: int | None = None  # lowered after running out of memory
-        self.heartbeat = time.monotonic()  # last sign of life, for systemd's watchdog
+        self.heartbeat = time.monotonic()  # last sign of life, for the watchdog and the pool
         self.busy = False
 
     def abort(self) -> None:
         """Stop the running batch at its next step; its jobs go back to the queue."""
         self._abort.set()
+
+    def close(self) -> None:
+        self._link.close()
 
     def run(self, stop: threading.Event, wake: threading.Event) -> None:
         if self._snapshots is not None:
@@ -170,7 +138,7 @@ class Worker:
         """Take and process one batch; False when nothing was due."""
         config = self._config()
         limit = self._batch_limit or config.engine.batch_size
-        jobs = self._journal.take(limit, self._wall())
+        jobs = self._journal.take(limit, self._wall(), worker=self.name)
         if not jobs:
             return False
         self.busy = True
@@ -183,214 +151,43 @@ class Worker:
         return True
 
     def _process(self, config: Config, jobs: list[Job]) -> None:
-        items: list[_Item] = []
-        for job in jobs:
-            item = self._prepare(config, job)
-            if item is not None:
-                items.append(item)
-        items = [item for item in items if not self._reuse(config, item.job, item.planned)]
-        if not items:
+        left = [job for job in jobs if not self._reuse(config, job)]
+        if not left:
             return
-        planned = items[0].planned
-        started = time.perf_counter()
-        sizes = [i.decoded.image.size for i in items]
-        reporter = BatchProgress(
-            group_weights(sizes, planned.params.size),
-            interval=PROGRESS_LOG_SECONDS,
-            schedule=planned.params.schedule(),
+        run = _Run(self, config, left)
+        batch = Batch(
+            tuple(Task(job.id, job.order) for job in left if job.order is not None),
+            config.input,
+            config.engine.snapshot_seconds,
         )
-        ids = tuple(i.job.id for i in items)
-        for item in items:
-            self._bus.emit(
-                events.JobStarted(
-                    job=item.job.id,
-                    source=item.job.source,
-                    style=item.job.style,
-                    # A budgeted run plans its steps as it goes: progress events carry the plan.
-                    steps=planned.params.step_count,
-                    scales=planned.params.scales,
-                )
-            )
-
-        def progress(p: Progress) -> None:
-            self.heartbeat = time.monotonic()
-            self._bus.emit(
-                events.JobProgress(
-                    jobs=ids,
-                    scale=p.scale,
-                    scales=p.scales,
-                    step=p.step,
-                    steps=p.steps,
-                    seconds=p.seconds,
-                )
-            )
-            report = reporter.update(p)
-            if report is not None:
-                log.info(
-                    "job_progress",
-                    sources=[i.job.source for i in items],
-                    style=planned.style_name,
-                    step=p.step,
-                    steps=p.steps,
-                    scale=p.scale,
-                    size=p.size,
-                    loss=round(p.loss, 6),
-                    seconds=report.seconds,  # since the batch started
-                    percent=report.percent,  # of the whole batch
-                    eta_seconds=report.eta_seconds,
-                )
-
-        written: set[int] = set()
-
-        def on_result(index: int, result: Stylized) -> None:
-            # Each photo is written as soon as it is done, not when the whole batch is. One whose
-            # write raised (the journal) is left to the batch's failure handling below.
-            self._write(config, items[index], result, time.perf_counter() - started)
-            written.add(index)
-
-        store = self._snapshots
-        every = config.engine.snapshot_seconds
-
-        def snapshot(taken: Snapshot) -> None:
-            assert store is not None
-            try:
-                store.save(items[taken.index].job, taken)
-            except OSError as exc:  # a full state disk: the job goes on, only less resumable
-                log.warning("snapshot_failed", source=items[taken.index].job.source, error=str(exc))
-
-        resume = self._resume(items)
         try:
-            results = self._engine.stylize_batch(
-                [i.decoded.image for i in items],
-                planned.style,
-                planned.params,
-                progress=progress,
-                should_stop=self._abort.is_set,
-                on_result=on_result,
-                snapshot=snapshot if store is not None and every > 0 else None,
-                snapshot_every=every,
-                resume=resume or None,
-            )
-        except engine_errors.Cancelled:
-            items = [item for index, item in enumerate(items) if index not in written]
-            for item in items:
-                self._journal.release(item.job.id)
-            log.info("batch_interrupted", sources=[i.job.source for i in items])
-            self._bus.emit(events.JobsReleased(tuple(i.job.id for i in items), "interrupted"))
-            return
-        except engine_errors.OutOfMemoryError as exc:
-            left = [item for index, item in enumerate(items) if index not in written]
-            if left:
-                self._out_of_memory(left, exc)
-            return
-        except Exception as exc:  # the per-batch boundary: record, keep the daemon running
-            items = [item for index, item in enumerate(items) if index not in written]
-            kind, outcome = _classify(exc)
-            if kind == "internal":
-                log.exception("batch_failed", sources=[i.job.source for i in items])
-            for item in items:
-                self._fail(item.job, exc, kind, outcome)
-            return
-        self._batch_limit = None
-        seconds = time.perf_counter() - started
-        for index, (item, result) in enumerate(zip(items, results, strict=True)):
-            if index not in written:  # an engine that hands results over only at the end
-                self._write(config, item, result, seconds)
+            self._link.run(batch, run, self._abort.is_set)
+        except WorkerDiedError as exc:
+            run.died(str(exc))
+            raise
+        finally:
+            run.unreported()
+        if not run.out_of_memory:
+            self._batch_limit = None
 
-    def _resume(self, items: list[_Item]) -> dict[int, Snapshot]:
-        """Snapshots of this batch's jobs, by their position in it."""
-        if self._snapshots is None:
-            return {}
-        found: dict[int, Snapshot] = {}
-        for index, item in enumerate(items):
-            saved = self._snapshots.load(item.job, index)
-            if saved is not None:
-                found[index] = saved
-                log.info("job_resumed", source=item.job.source, step=saved.step, scale=saved.scale)
-        return found
+    # -- the parent's side of each report ------------------------------------------------------
 
-    def _forget_snapshot(self, job: Job) -> None:
-        if self._snapshots is not None:
-            self._snapshots.delete(job.id)
-
-    def _prepare(self, config: Config, job: Job) -> _Item | None:
-        """Check the job still stands and read its photo; None when it ended here."""
-        source = config.input / job.source
-        planned = self._planned(config, job)
-        if planned is None:
-            # The reload's own pass (service.py) keeps the queue in step with the config; this
-            # is a race with a reload. The service takes the file in again under the new rules.
-            self._journal.cancel(job.id, "the config no longer plans this output")
-            self._forget_snapshot(job)
-            log.info("job_cancelled", source=job.source, style=job.style, reason="config_changed")
-            if self._source_missing is not None:
-                self._source_missing(job.source)
-            self._bus.emit(events.JobCancelled(job.source, "config_changed", job=job.id))
-            return None
-        try:
-            data = source.read_bytes()
-        except FileNotFoundError:
-            self._journal.cancel(job.id, "source removed before it was processed")
-            self._forget_snapshot(job)
-            log.info("job_cancelled", source=job.source, style=job.style, reason="source_removed")
-            self._bus.emit(events.JobCancelled(job.source, "source_removed", job=job.id))
-            if self._source_missing is not None:
-                self._source_missing(job.source)
-            return None
-        except OSError as exc:
-            self._fail(job, exc, "io", Outcome.PASSING)
-            return None
-        if hashlib.sha256(data).hexdigest() != job.fingerprint:
-            # New content under the same name: the watcher queues it as its own job.
-            self._journal.cancel(job.id, "source changed before it was processed")
-            self._forget_snapshot(job)
-            log.info("job_cancelled", source=job.source, style=job.style, reason="source_changed")
-            self._bus.emit(events.JobCancelled(job.source, "source_changed", job=job.id))
-            return None
-        try:
-            decoded = images.decode(data)
-        except engine_errors.BadImageError as exc:
-            # Unreadable (permissions) can be mended by the admin; damaged bytes cannot.
-            passing = exc.reason == "unreadable"
-            self._fail(
-                job,
-                exc,
-                f"bad_image:{exc.reason}",
-                Outcome.PASSING if passing else Outcome.PERMANENT,
-            )
-            return None
-        return _Item(job, planned, decoded)
-
-    def _planned(self, config: Config, job: Job) -> rules.PlannedOutput | None:
-        return still_planned(config, job)
-
-    def _write(self, config: Config, item: _Item, result: Stylized, seconds: float) -> None:
-        job, planned = item.job, item.planned
-        data = images.encode(
-            result.image,
-            planned.format,
-            quality=planned.quality,
-            metadata=item.decoded.metadata,
-            style=planned.style_name,
-            credit=planned.credit,
-            policy=planned.metadata,
-        )
+    def deliver(self, config: Config, job: Job, data: bytes, took: float, summary: Summary) -> None:
         claimed = self._deliver(config, job, data)
         if claimed is None:
             return
-        width, height = result.image.size
         self._done(
             job,
             claimed,
-            seconds,
-            size=f"{width}x{height}",
-            steps=result.steps,
-            seconds=round(seconds, 2),
-            device=result.device,
-            budget_seconds=result.budget_seconds,
-            optimise_seconds=round(result.optimise_seconds, 2),
-            schedule=[list(scale) for scale in result.schedule],
-            upsampled_from=result.upsampled_from,
+            took,
+            size=summary.size,
+            steps=summary.steps,
+            seconds=summary.seconds,
+            device=summary.device,
+            budget_seconds=summary.budget_seconds,
+            optimise_seconds=summary.optimise_seconds,
+            schedule=[list(scale) for scale in summary.schedule],
+            upsampled_from=summary.upsampled_from,
         )
 
     def _done(self, job: Job, claimed: str, took: float, **summary: object) -> None:
@@ -418,7 +215,15 @@ class Worker:
             )
         )
 
-    def _reuse(self, config: Config, job: Job, planned: rules.PlannedOutput) -> bool:
+    def cancel(self, job: Job, reason: str) -> None:
+        self._journal.cancel(job.id, _CANCEL_REASONS.get(reason, reason))
+        self._forget_snapshot(job)
+        log.info("job_cancelled", source=job.source, style=job.style, reason=reason)
+        self._bus.emit(events.JobCancelled(job.source, reason, job=job.id))
+        if reason == "source_removed" and self._source_missing is not None:
+            self._source_missing(job.source)
+
+    def _reuse(self, config: Config, job: Job) -> bool:
         """Deliver the artwork a done job already made of the same content in the same style and
         settings (a folder renamed after its photos were done) as a copy; False to compute it.
 
@@ -426,7 +231,11 @@ class Worker:
         edit or delete without touching the other.
         """
         done = self._journal.reusable(job.fingerprint, job.style, job.settings_hash)
-        if done is None or not _same_metadata(config, done, planned):
+        if done is None or done.order is None or job.order is None:
+            return False
+        # The metadata policy and the credit are outside the settings' identity (changing them
+        # must not requeue anything): an artwork made under others is made anew, not copied.
+        if (done.order.metadata, done.order.credit) != (job.order.metadata, job.order.credit):
             return False
         previous = done.output
         try:
@@ -452,15 +261,15 @@ class Worker:
             )
             self._publish(config.output, config.output / claimed, data, claimed, job)
         except OutputBlockedError as exc:
-            self._fail(job, exc, "output_blocked", Outcome.PASSING)
+            self.fail(job, str(exc), "output_blocked", Outcome.PASSING)
             return None
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 # The source's name plus what the template adds is over the filesystem's limit
                 # (255 bytes on most): every retry would fail the same way.
-                self._fail(job, exc, "output_name_too_long", Outcome.PERMANENT)
+                self.fail(job, str(exc), "output_name_too_long", Outcome.PERMANENT)
             else:
-                self._fail(job, exc, "io", Outcome.PASSING)
+                self.fail(job, str(exc), "io", Outcome.PASSING)
             return None
         return claimed
 
@@ -483,25 +292,20 @@ class Worker:
             if self._journal.output_owner(claimed) != (job.source, job.fingerprint):
                 raise
 
-    def _out_of_memory(self, items: list[_Item], exc: Exception) -> None:
-        if len(items) > 1:
-            # Try again in smaller batches: put the jobs back without counting the attempt.
-            self._batch_limit = max(1, len(items) // 2)
-            for item in items:
-                self._journal.release(item.job.id)
-            log.warning("out_of_memory", batch=len(items), next_batch=self._batch_limit)
-            self._bus.emit(events.JobsReleased(tuple(i.job.id for i in items), "out_of_memory"))
-            return
-        if self._engine.shrink_memory_budget():
-            # One photo did not fit: try it again at once in smaller tiles.
-            self._journal.release(items[0].job.id)
-            log.warning("out_of_memory", batch=1, source=items[0].job.source, retry="smaller tiles")
-            self._bus.emit(events.JobsReleased((items[0].job.id,), "out_of_memory"))
-            return
-        for item in items:
-            self._fail(item.job, exc, "out_of_memory", Outcome.UNKNOWN)
+    def release(self, jobs: list[Job], reason: str, next_limit: int | None) -> None:
+        for job in jobs:
+            self._journal.release(job.id)
+        if reason == "out_of_memory":
+            self._batch_limit = next_limit
+            if len(jobs) > 1:
+                log.warning("out_of_memory", batch=len(jobs), next_batch=next_limit)
+            else:
+                log.warning("out_of_memory", batch=1, source=jobs[0].source, retry="smaller tiles")
+        elif reason == "interrupted":
+            log.info("batch_interrupted", sources=[j.source for j in jobs])
+        self._bus.emit(events.JobsReleased(tuple(j.id for j in jobs), reason))
 
-    def _fail(self, job: Job, exc: BaseException, kind: str, outcome: Outcome) -> None:
+    def fail(self, job: Job, error: str, kind: str, outcome: Outcome) -> None:
         retry = self._config().retry
         now = self._wall()
         if outcome is Outcome.PERMANENT:
@@ -515,7 +319,7 @@ class Worker:
             )
         after = self._journal.mark_failed(
             job.id,
-            str(exc),
+            error,
             kind,
             permanent=outcome is Outcome.PERMANENT,
             retry_at=retry_at,
@@ -529,7 +333,7 @@ class Worker:
             source=job.source,
             style=job.style,
             kind=kind,
-            error=str(exc),
+            error=error,
             attempts=after.attempts,
             # Only a job that will be tried again has a next try.
             retry_in=None if failed or retry_at is None else round(retry_at - now, 1),
@@ -547,26 +351,135 @@ class Worker:
                     rule=job.rule,
                     style=job.style,
                     kind=kind,
-                    error=str(exc),
+                    error=error,
                 )
             )
         else:
             self._bus.emit(
                 events.JobRetry(
-                    job=job.id, source=job.source, style=job.style, kind=kind, error=str(exc)
+                    job=job.id, source=job.source, style=job.style, kind=kind, error=error
                 )
             )
 
+    def _forget_snapshot(self, job: Job) -> None:
+        if self._snapshots is not None:
+            self._snapshots.delete(job.id)
 
-def _same_metadata(config: Config, done: Job, planned: rules.PlannedOutput) -> bool:
-    """Whether the earlier artwork carries the metadata this output would: the metadata policy
-    and the credit are not part of the settings' identity (changing them must not requeue
-    anything), so an artwork made under another policy is made anew rather than copied."""
-    before = still_planned(config, done)
-    return before is not None and (before.metadata, before.credit) == (
-        planned.metadata,
-        planned.credit,
-    )
+    def emit(self, event: events.Event) -> None:
+        self._bus.emit(event)
+
+
+class _Run:
+    """One batch's reports, applied by the worker: the Reporter the executor talks to.
+
+    A report that the journal refuses (its disk full, its lock held) fails that one job as
+    passing trouble; if even that cannot be recorded, the job stays running and the service puts
+    it back once the journal works again (service.py's worker loop)."""
+
+    def __init__(self, worker: Worker, config: Config, jobs: list[Job]) -> None:
+        self._worker = worker
+        self._config = config
+        self._jobs = {job.id: job for job in jobs}
+        self._open = set(self._jobs)  # jobs with no report yet
+        self._started = time.perf_counter()
+        self.out_of_memory = False
+        for job in jobs:
+            if job.order is None:  # cannot happen: take() skips jobs without an order
+                self._guard(
+                    job, lambda j: worker.fail(j, "no work order", "internal", Outcome.PERMANENT)
+                )
+
+    def _guard(self, job: Job, apply: Callable[[Job], None]) -> None:
+        self._open.discard(job.id)
+        self._worker.heartbeat = time.monotonic()
+        try:
+            apply(job)
+        except JournalError as exc:
+            # The photo's report reached a journal that failed: passing trouble for this job.
+            try:
+                self._worker.fail(job, str(exc), "journal", Outcome.PASSING)
+            except JournalError:
+                log.warning("journal_unwritable", source=job.source, error=str(exc))
+
+    def started(self, jobs: tuple[int, ...], steps: int, scales: int) -> None:
+        self._worker.heartbeat = time.monotonic()
+        log.info(
+            "batch_started",
+            worker=self._worker.name,
+            sources=[self._jobs[j].source for j in jobs],
+            style=self._jobs[jobs[0]].style,
+            steps=steps,
+        )
+        for job_id in jobs:
+            job = self._jobs[job_id]
+            self._worker.emit(
+                events.JobStarted(
+                    job=job.id, source=job.source, style=job.style, steps=steps, scales=scales
+                )
+            )
+
+    def progress(self, jobs: tuple[int, ...], progress: Progress, report: Report | None) -> None:
+        self._worker.heartbeat = time.monotonic()
+        self._worker.emit(
+            events.JobProgress(
+                jobs=jobs,
+                scale=progress.scale,
+                scales=progress.scales,
+                step=progress.step,
+                steps=progress.steps,
+                seconds=progress.seconds,
+            )
+        )
+        if report is not None:
+            log.info(
+                "job_progress",
+                sources=[self._jobs[j].source for j in jobs],
+                style=self._jobs[jobs[0]].style,
+                step=progress.step,
+                steps=progress.steps,
+                scale=progress.scale,
+                size=progress.size,
+                loss=round(progress.loss, 6),
+                seconds=report.seconds,  # since the batch started
+                percent=report.percent,  # of the whole batch
+                eta_seconds=report.eta_seconds,
+                worker=self._worker.name,
+            )
+
+    def result(self, job: int, data: bytes, summary: Summary) -> None:
+        took = time.perf_counter() - self._started
+        self._guard(
+            self._jobs[job], lambda j: self._worker.deliver(self._config, j, data, took, summary)
+        )
+
+    def failed(self, job: int, kind: str, outcome: Outcome, error: str) -> None:
+        self._guard(self._jobs[job], lambda j: self._worker.fail(j, error, kind, outcome))
+
+    def cancelled(self, job: int, reason: str) -> None:
+        self._guard(self._jobs[job], lambda j: self._worker.cancel(j, reason))
+
+    def released(self, jobs: tuple[int, ...], reason: str, next_limit: int | None) -> None:
+        if reason == "out_of_memory":
+            self.out_of_memory = True
+        for job_id in jobs:
+            self._open.discard(job_id)
+        self._worker.heartbeat = time.monotonic()
+        self._worker.release([self._jobs[j] for j in jobs], reason, next_limit)
+
+    def died(self, why: str) -> None:
+        """The executor's process ended mid-batch: every job without a report failed this
+        attempt (it counts: a photo that kills its worker every time ends failed)."""
+        for job_id in sorted(self._open):
+            self._guard(
+                self._jobs[job_id],
+                lambda j: self._worker.fail(j, why, "worker_died", Outcome.UNKNOWN),
+            )
+
+    def unreported(self) -> None:
+        """Jobs the executor said nothing of (a bug): back to the queue, not lost as running."""
+        for job_id in sorted(self._open):
+            log.error("job_unreported", source=self._jobs[job_id].source)
+            self._guard(self._jobs[job_id], lambda j: self._worker.release([j], "unreported", None))
 
 
 def _read_regular(path: Path) -> bytes:

@@ -16,6 +16,9 @@ from typing import Any
 
 from PIL import Image
 
+from daemon.orders import Painting, WorkOrder
+from engine.params import StyleParams
+
 STYLEWATCH = Path(sys.executable).parent / "stylewatch"
 # Generous for a loaded 2-core CI machine; the waits end as soon as their condition holds.
 DEADLINE = 120.0
@@ -111,6 +114,13 @@ class Daemon:
 
     def _count(self, event: str) -> int:
         return sum(e.get("event") == event for e in self.events())
+
+    def count(self, event: str, **fields: Any) -> int:
+        """How many lines of this event (with these fields) the log holds."""
+        return sum(
+            e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
+            for e in self.events()
+        )
 
     def exited(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
@@ -440,3 +450,33 @@ def one_rule_config(tmp_path: Path, defaults: str, rule_extra: str = "") -> Path
         f"defaults: {defaults}\nrules:\n  - match: '**/*'\n    styles: [s]\n{rule_extra}"
     )
     return path
+
+
+def order(
+    source: str = "a.jpg",
+    fingerprint: str = "f1",
+    *,
+    style: str = "starry",
+    rule: str = "r",
+    output: str | None = None,
+    settings: str = "s1",
+) -> WorkOrder:
+    """A work order for journal-level tests: `settings` names a set of settings (each label
+    gives other StyleParams, hence another settings_hash)."""
+    seed = int(hashlib.sha256(settings.encode()).hexdigest()[:8], 16)
+    return WorkOrder(
+        source=source,
+        fingerprint=fingerprint,
+        rule=rule,
+        style=style,
+        paintings=(Painting("/styles/starry.jpg"),),
+        params=StyleParams(seed=seed),
+        output=output or f"{style}/{source}",
+        format="JPEG",
+        quality=92,
+    )
+
+
+def settings_hash(settings: str = "s1") -> str:
+    """The settings_hash of order(settings=...)."""
+    return order(settings=settings).settings_hash

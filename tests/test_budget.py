@@ -14,8 +14,8 @@ from structlog.testing import capture_logs
 from daemon import cli, rules
 from daemon.config import load_config
 from daemon.errors import ConfigError
-from daemon.journal import JobSpec, Journal
-from daemon.worker import Worker, settings_hash
+from daemon.journal import Journal
+from daemon.worker import Worker
 from engine.params import (
     PRESETS,
     EngineConfig,
@@ -270,16 +270,8 @@ def test_job_done_reports_the_budget_the_time_used_and_the_schedule(tmp_path: Pa
         Image.new("RGB", (20, 10), (200, 0, 0)).save(path)
         decision = rules.decide(config, PurePosixPath("p.png"))
         assert isinstance(decision, rules.Plan)
-        out = decision.outputs[0]
         journal.enqueue(
-            JobSpec(
-                source="p.png",
-                fingerprint=hashlib.sha256(path.read_bytes()).hexdigest(),
-                rule=decision.rule_index,
-                style=out.style_name,
-                settings_hash=settings_hash(out),
-                output=str(out.relpath),
-            )
+            rules.orders(decision, "p.png", hashlib.sha256(path.read_bytes()).hexdigest())[0]
         )
         worker = Worker(journal, BudgetEngine(), lambda: config)
         with capture_logs() as logs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -13,7 +14,7 @@ from test_worker import FakeEngine, enqueue
 
 from daemon import events
 from daemon.config import load_config
-from daemon.journal import JobSpec, Journal
+from daemon.journal import Journal
 from daemon.live import LIVE_NAME, LiveState, read_live
 from daemon.worker import Worker
 from engine import errors
@@ -130,14 +131,14 @@ def test_the_worker_emits_each_job_event_once(tmp_path: Path) -> None:
     try:
         enqueue(config, journal, "good.png", (200, 0, 0))
         (config.input / "bad.png").write_bytes(b"\x89PNG not really")
+        good = journal.jobs()[0].order
+        assert good is not None
         journal.enqueue(  # not a picture: it fails at decoding, before the engine
-            JobSpec(
-                "bad.png",
-                hashlib.sha256((config.input / "bad.png").read_bytes()).hexdigest(),
-                0,
-                "s",
-                journal.jobs()[0].settings_hash,
-                "bad.png",
+            dataclasses.replace(
+                good,
+                source="bad.png",
+                fingerprint=hashlib.sha256((config.input / "bad.png").read_bytes()).hexdigest(),
+                output="bad.png",
             )
         )
         assert worker.run_once()

@@ -155,7 +155,7 @@ def test_hooks_of_the_real_service_run_after_the_output_and_never_hold_up_jobs(
     assert output.is_absolute()
     assert output.parent == fleet.outbox
     assert output.is_file()  # in place before its hook ran
-    assert first["argv"][1] == "1"  # the rule
+    assert first["argv"][1] == "starry"  # the rule's name, derived from `**/*` -> starry
     assert first["env"]["STYLEWATCH_OUTPUT"] == str(output)
     assert first["env"]["STYLEWATCH_SOURCE"] == str(fleet.inbox / output.name)
     assert first["env"]["STYLEWATCH_STYLE"] == "starry"

@@ -13,18 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import order, settings_hash
 
 import daemon.journal as journal_module
 from daemon.journal import (
     JOURNAL_NAME,
     SCHEMA_VERSION,
-    JobSpec,
     JobState,
     Journal,
     JournalError,
     SourceChangedError,
     backoff_seconds,
 )
+from daemon.orders import WorkOrder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,19 +43,12 @@ def spec(
     source: str = "a.jpg",
     *,
     fingerprint: str = "f1",
-    rule: int = 0,
+    rule: str = "r",
     style: str = "starry",
     settings_hash: str = "s1",
     output: str | None = None,
-) -> JobSpec:
-    return JobSpec(
-        source=source,
-        fingerprint=fingerprint,
-        rule=rule,
-        style=style,
-        settings_hash=settings_hash,
-        output=output or f"{style}/{source}",
-    )
+) -> WorkOrder:
+    return order(source, fingerprint, rule=rule, style=style, settings=settings_hash, output=output)
 
 
 @pytest.fixture
@@ -161,10 +155,11 @@ def test_enqueue_is_idempotent_per_key(journal: Journal) -> None:
     assert journal.enqueue(spec()) is None
     # Any part of the key that differs is another job.
     assert journal.enqueue(spec(fingerprint="f2")) is not None
-    assert journal.enqueue(spec(rule=1)) is not None
     assert journal.enqueue(spec(style="scream")) is not None
     assert journal.enqueue(spec(settings_hash="s2")) is not None
-    assert journal.queued_count() == 5
+    # The rule is not part of the key: the same work planned by a renamed or moved rule.
+    assert journal.enqueue(spec(rule="renamed")) is None
+    assert journal.queued_count() == 4
 
 
 def test_done_and_failed_jobs_are_not_queued_again(journal: Journal) -> None:
@@ -333,10 +328,12 @@ def test_kill_9_mid_job_loses_nothing(state_dir: Path) -> None:
         """
         import os, signal, sys
         from pathlib import Path
-        from daemon.journal import Journal, JobSpec
+        from daemon.journal import Journal
+        sys.path.insert(0, sys.argv[2])
+        from harness import order
         j = Journal.open(Path(sys.argv[1]))
-        j.enqueue(JobSpec("a.jpg", "f1", 0, "starry", "s1", "starry/a.jpg"))
-        j.enqueue(JobSpec("b.jpg", "f1", 0, "starry", "s1", "starry/b.jpg"))
+        j.enqueue(order("a.jpg"))
+        j.enqueue(order("b.jpg"))
         [job] = j.take(1, now=0)
         j.mark_done(job.id, "starry/a.jpg")
         j.take(1, now=0)
@@ -345,7 +342,10 @@ def test_kill_9_mid_job_loses_nothing(state_dir: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(state_dir)], cwd=REPO, env=env, check=False
+        [sys.executable, "-c", script, str(state_dir), str(REPO / "tests")],
+        cwd=REPO,
+        env=env,
+        check=False,
     )
     assert proc.returncode == -signal.SIGKILL
     with Journal.open(state_dir) as j:
@@ -517,9 +517,19 @@ def test_a_first_release_journal_is_upgraded_in_place_and_keeps_its_jobs(state_d
         assert counts == {"done": 2, "failed": 1, "queued": 2}
         assert j.output_owner("a0.jpg") == ("a0.jpg", f"{0:064x}")
         first_id = j.id
+        # Jobs from before work orders wait until the service reads them against the config
+        # (daemon/intake.py's adopt) and gives them their orders.
+        assert j.take(10, now=2e9) == []
+        waiting = {job.source: job for job in j.unadopted() if job.state is JobState.QUEUED}
+        assert set(waiting) == {"a3.jpg", "booth1/b.jpg"}
+        a3 = waiting["a3.jpg"]
+        assert j.adopt(a3.id, order(a3.source, a3.fingerprint, style=a3.style))
+        assert not j.adopt(waiting["booth1/b.jpg"].id, None)  # no longer planned: cancelled
         queued = j.take(10, now=2e9)
-        assert {job.source for job in queued} == {"a3.jpg"}  # one style/settings per batch
+        assert [job.source for job in queued] == ["a3.jpg"]
         assert queued[0].started is not None
+        assert queued[0].order is not None
+        assert j.job(waiting["booth1/b.jpg"].id).state is JobState.CANCELLED
     with sqlite3.connect(state_dir / JOURNAL_NAME) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     with Journal.open(state_dir, exclusive=False) as reader:
@@ -585,11 +595,11 @@ def test_reusable_finds_the_same_content_done_in_the_same_style(journal: Journal
     journal.enqueue(spec("old/a.jpg", fingerprint="same"))
     (job,) = journal.take(1, now=2e9)
     journal.mark_done(job.id, "old/a.jpg")
-    found = journal.reusable("same", "starry", "s1")
+    found = journal.reusable("same", "starry", settings_hash("s1"))
     assert found is not None
     assert (found.source, found.output) == ("old/a.jpg", "old/a.jpg")
-    assert journal.reusable("same", "starry", "other-settings") is None
-    assert journal.reusable("other", "starry", "s1") is None
+    assert journal.reusable("same", "starry", settings_hash("other")) is None
+    assert journal.reusable("other", "starry", settings_hash("s1")) is None
 
 
 def test_lost_says_when_the_state_folder_is_removed_or_the_journal_replaced(

@@ -6,16 +6,17 @@ import threading
 import time
 from pathlib import Path
 
+from harness import order
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.journal import JobSpec, Journal
+from daemon.journal import Journal
 from daemon.metrics import TextfileWriter
 
 
 def test_the_textfile_is_replaced_atomically_while_a_reader_reads_it(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path / "state")
     for n in range(200):  # a text of some size, so that a torn write would show
-        journal.enqueue(JobSpec(f"p{n}.jpg", f"fp{n}", 0, "starry", "s", f"p{n}.jpg"))
+        journal.enqueue(order(f"p{n}.jpg", f"fp{n}", output=f"p{n}.jpg"))
     target = tmp_path / "textfile" / "stylewatch.prom"
     target.parent.mkdir()
     writer = TextfileWriter(target, 3600.0, journal, lambda: None)

@@ -11,14 +11,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import STYLEWATCH, photo
+from harness import STYLEWATCH, order, photo
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from daemon import events
 from daemon.config import Config, load_config
 from daemon.errors import ConfigError
-from daemon.journal import Job, JobSpec, JobState, Journal
+from daemon.journal import Job, JobState, Journal
 from daemon.live import LiveState
 from daemon.web.app import TOKEN_COOKIE, create_app
 
@@ -60,7 +60,7 @@ class Setup:
     def job(self, source: str, *, outcome: str = "done") -> Job:
         self._n += 1
         src = photo(self.inbox / source, (10 * self._n % 255, 90, 160))
-        job = self.journal.enqueue(JobSpec(source, f"fp{self._n}", 0, "starry", "settings", source))
+        job = self.journal.enqueue(order(source, f"fp{self._n}", output=source))
         assert job is not None
         if outcome == "queued":
             return job

@@ -15,9 +15,9 @@ from structlog.testing import capture_logs
 
 from daemon import rules
 from daemon.config import Config, load_config
-from daemon.journal import JobSpec, JobState, Journal
+from daemon.journal import JobState, Journal
 from daemon.snapshots import SnapshotStore
-from daemon.worker import Worker, settings_hash
+from daemon.worker import Worker
 from engine import errors
 from engine.params import LossTerms, Progress, Snapshot, StyleParams, StyleSpec
 from engine.stylizer import Stylized
@@ -108,17 +108,7 @@ def enqueue(config: Config, journal: Journal, name: str, colour: tuple[int, int,
     Image.new("RGB", (20, 10), colour).save(path)
     decision = rules.decide(config, PurePosixPath(name))
     assert isinstance(decision, rules.Plan)
-    out = decision.outputs[0]
-    journal.enqueue(
-        JobSpec(
-            source=name,
-            fingerprint=hashlib.sha256(path.read_bytes()).hexdigest(),
-            rule=decision.rule_index,
-            style=out.style_name,
-            settings_hash=settings_hash(out),
-            output=str(out.relpath),
-        )
-    )
+    journal.enqueue(rules.orders(decision, name, hashlib.sha256(path.read_bytes()).hexdigest())[0])
     return path
 
 
