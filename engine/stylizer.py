@@ -129,8 +129,8 @@ class Stylizer:
         (64 x 64 px tiles) that shrinking further would not help."""
         return self._budget.shrink()
 
-    # -- the small protocol the daemon uses: prepare_style, stylize_batch, close, ------------
-    # -- shrink_memory_budget -----------------------------------------------------------------
+    # The daemon's Engine Protocol is four methods: shrink_memory_budget (above), prepare_style,
+    # stylize_batch and close; stylize() is stylize_batch() for one photo.
 
     def prepare_style(self, style: StyleSpec, params: StyleParams) -> None:
         """Load the paintings and compute their targets for every scale now (fails early)."""
