@@ -32,6 +32,7 @@ link: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check engine daemon tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest -m "not slow"
 
 # The long fault and load runs (kill -9 loops, bursts, big fuzz runs, a 4096 px output on CPU).

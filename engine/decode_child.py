@@ -1,6 +1,6 @@
 """Decodes one photo with an optional Pillow plugin, in a process of its own.
 
-engine.images runs this file by its path (`python decode_child.py PLUGIN OPTIONS FORMAT
+engine.decoding runs this file by its path (`python decode_child.py PLUGIN OPTIONS FORMAT
 MAX_PIXELS`) for the formats engine.formats marks `isolated`: their decoders are C libraries
 (libheif, libde265) that have crashed the whole process on damaged files, and a photo must never
 take the daemon down with it. It imports nothing of the engine, so it starts in a fraction of a

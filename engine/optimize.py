@@ -119,8 +119,10 @@ def _capture(
             closure()  # the pixels do not move: the same gradient each time
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    # thread_local: the daemon's other threads never touch CUDA, but a capture must not fail
-    # for what another thread of the process does meanwhile.
+    # thread_local: a capture fails only for what this thread does. Other threads of the process
+    # may use CUDA meanwhile (the daemon builds the Stylizer, which loads the network onto the
+    # GPU, on its main thread and runs it on a worker thread; a host program may have CUDA work
+    # of its own), and that must not end a capture.
     with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         loss = closure()  # image.grad now points into the graph's memory
 

@@ -1,11 +1,16 @@
-"""Overlapping tiles for outputs larger than the memory budget, and their blending weights."""
+"""Overlapping tiles for outputs larger than the memory budget, and their blending weights.
+
+The grid is plain arithmetic that engine.planner uses without torch; only the weights need it.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Tile = tuple[int, int, int, int]  # y0, y1, x0, x1 (ends exclusive)
 
@@ -32,6 +37,8 @@ def tile_grid(height: int, width: int, edge: int) -> list[Tile]:
 def feather(height: int, width: int, tiles: Sequence[Tile], tile: Tile) -> torch.Tensor:
     """(1, 1, h, w) weights of `tile`: 1 inside, falling linearly to near 0 across the part it
     shares with a neighbour, so that overlapping tiles cross-fade instead of meeting at a seam."""
+    import torch
+
     y0, y1, x0, x1 = tile
 
     def ramp(length: int, start: int, end: int, starts: set[int], ends: set[int]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The real daemon and the formats: a phone's HEIC in, every output format out, each output saying
-how it was made and keeping no location or serial number (issue #10, defect 9); a HEIC that comes
-without the decoder installed is a recorded failure that says what to install."""
+how it was made and keeping no location or serial number (the default metadata policy); a HEIC
+that comes without the decoder installed is a recorded failure that says what to install."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from imaging import (
 )
 from PIL import ExifTags, Image
 
-from engine import formats, images
+from engine import decoding, formats, images
 from engine.errors import BadImageError
 from engine.images import decode, encode, format_for_suffix
 
@@ -194,9 +194,9 @@ def test_damaged_heic_is_a_bad_image(damage: Any, reasons: set[str]) -> None:
 @pytest.fixture
 def no_heic_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
     """As if the heic extra were not installed: the plugin does not load, Pillow has no HEIF."""
-    monkeypatch.setattr(images, "_plugin_loaded", lambda row: row.plugin is None)
-    readable = tuple(name for name in images._readable_formats() if name != "HEIF")
-    monkeypatch.setattr(images, "_readable_formats", lambda: readable)
+    monkeypatch.setattr(decoding, "_plugin_loaded", lambda row: row.plugin is None)
+    readable = tuple(name for name in decoding._readable_formats() if name != "HEIF")
+    monkeypatch.setattr(decoding, "_readable_formats", lambda: readable)
 
 
 @pytest.mark.usefixtures("no_heic_decoder")
@@ -257,8 +257,8 @@ def test_a_decoder_that_dies_or_hangs_gives_a_bad_image(
 ) -> None:
     child = tmp_path / "child.py"
     child.write_text(script)
-    monkeypatch.setattr(images, "_CHILD", child)
-    monkeypatch.setattr(images, "ISOLATED_DECODE_SECONDS", 2.0)
+    monkeypatch.setattr(decoding, "_CHILD", child)
+    monkeypatch.setattr(decoding, "ISOLATED_DECODE_SECONDS", 2.0)
 
     with pytest.raises(BadImageError) as info:
         decode(heic_bytes(quadrants()))

@@ -160,7 +160,7 @@ def test_histogram_preservation_runs_per_photo_without_caching(
         [photo, photo.rotate(180)], StyleSpec.of(style_files[0]), params
     )
     assert len(results) == 2
-    assert len(list(stylizer._targets)) == 0
+    assert len(list(stylizer.targets)) == 0
 
 
 def test_blend_weights_are_normalised_and_a_lone_painting_equals_itself(
@@ -169,11 +169,11 @@ def test_blend_weights_are_normalised_and_a_lone_painting_equals_itself(
     stylizer = Stylizer(EngineConfig(device="cpu", weights=vgg_checkpoint, download=False))
     params = StyleParams(size=32, steps=1, scales=1)
     a, b = style_files
-    only_a = stylizer._style_targets(StyleSpec.of(a), params, 32, photo=None)
-    heavy_a = stylizer._style_targets(
+    only_a = stylizer.targets.get(StyleSpec.of(a), params, 32, photo=None)
+    heavy_a = stylizer.targets.get(
         StyleSpec((StyleImage(a, 3.0), StyleImage(b, 1.0))), params, 32, photo=None
     )
-    only_b = stylizer._style_targets(StyleSpec.of(b), params, 32, photo=None)
+    only_b = stylizer.targets.get(StyleSpec.of(b), params, 32, photo=None)
     for layer in params.style_layers:
         assert torch.allclose(
             heavy_a[layer], 0.75 * only_a[layer] + 0.25 * only_b[layer], rtol=1e-4

@@ -92,8 +92,8 @@ def test_a_paintings_gram_summed_over_tiles_matches_the_whole(
         painting = im.convert("RGB").resize((192, 192))
     tensor = torch.from_numpy(np.asarray(painting, dtype=np.float32) / 255).permute(2, 0, 1)[None]
     params = StyleParams(style_layers=("relu1_1", "relu3_1"))
-    whole = _engine(vgg_checkpoint, None)._painting_grams(tensor, params)
-    tiled = _engine(vgg_checkpoint, 15)._painting_grams(tensor, params)  # in two halves
+    whole = _engine(vgg_checkpoint, None).targets.painting_grams(tensor, params)
+    tiled = _engine(vgg_checkpoint, 15).targets.painting_grams(tensor, params)  # in two halves
     for layer in params.style_layers:
         error = torch.linalg.norm(tiled[layer] - whole[layer]) / torch.linalg.norm(whole[layer])
         assert error < 0.1, (layer, float(error))

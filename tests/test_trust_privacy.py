@@ -1,4 +1,4 @@
-"""Trust: privacy (issue #10, defect 9). A guest's phone photo goes through the real daemon with
+"""Trust: privacy. A guest's phone photo goes through the real daemon with
 the default config: its artwork keeps no GPS position and no serial number of camera or lens,
 says that it was made by an algorithm, and the source keeps every byte it had."""
 
