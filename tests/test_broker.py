@@ -358,3 +358,32 @@ def test_unreachable_redis_is_a_broker_error_naming_the_url(
     with pytest.raises(BrokerError, match="scheme"):
         Broker(BrokerSettings(url="http://127.0.0.1:6379"))
 
+
+
+def test_unregistering_keeps_the_consumer_of_a_worker_that_holds_a_batch(
+    brokers: Any, redis_server: RedisServer
+) -> None:
+    coordinator, busy, idle = brokers(), brokers(), brokers()
+    entry_id = coordinator.dispatch(batch("b1", "j1"))
+    for name, broker in (("busy", busy), ("idle", idle)):
+        broker.register_worker(name, host="h", device="cpu", pid=1)
+    assert take(busy, "busy").entry_id == entry_id
+    done_id = coordinator.dispatch(batch("b2", "j2"))
+    assert take(idle, "idle").entry_id == done_id
+    assert idle.ack_batch(done_id)
+
+    def consumers() -> set[str]:
+        client = redis_server.client()
+        try:
+            return {c["name"] for c in client.xinfo_consumers(coordinator.orders_key, "workers")}
+        finally:
+            client.close()
+
+    assert consumers() == {"busy", "idle"}
+    busy.unregister_worker("busy")
+    idle.unregister_worker("idle")
+    # Removing "busy" from the group would drop its batch from the pending list for good.
+    assert consumers() == {"busy"}
+    assert coordinator.workers() == []
+    taken = take(idle, "idle")
+    assert (taken.entry_id, taken.taken_over) == (entry_id, True)
