@@ -8,6 +8,8 @@ time: each test waits on a condition with a deadline.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -387,3 +389,15 @@ def test_unregistering_keeps_the_consumer_of_a_worker_that_holds_a_batch(
     assert coordinator.workers() == []
     taken = take(idle, "idle")
     assert (taken.entry_id, taken.taken_over) == (entry_id, True)
+
+
+def test_the_broker_loads_without_torch_the_journal_or_the_rules() -> None:
+    """Workers and the coordinator build on it; `stylewatch status` lists workers through it."""
+    code = (
+        "import sys, daemon.broker; "
+        "print(sorted({'torch', 'daemon.journal', 'daemon.rules'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]", done.stderr
