@@ -52,6 +52,7 @@ check-unit:
 	shellcheck systemd/install.sh
 	systemd-analyze security --offline=true --threshold=30 systemd/stylewatch.service
 	systemd-analyze security --offline=true --threshold=30 systemd/stylewatch-web.service
+	systemd-analyze security --offline=true --threshold=30 systemd/stylewatch-worker@.service
 
 clean:
 	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,7 @@ import structlog
 import torch
 from harness import Fleet
 from PIL import Image
+from redisharness import RedisServer, redis_server_binary
 from webharness import Web
 
 from engine.params import EngineConfig
@@ -116,3 +117,15 @@ def webs() -> Iterator[list[Web]]:
     yield started
     for web in started:
         web.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a Unix socket under tmp_path, persistence on (tests/redisharness.py).
+    CI installs redis-server (.ci/run), so this skip only spares a local run without it."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
