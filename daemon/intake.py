@@ -24,7 +24,14 @@ from daemon.journal import Job, JobState, Journal, JournalError, SourceChangedEr
 from daemon.orders import PaintingIds, WorkOrder
 from daemon.stability import Signature, StabilityTracker, stat_signature
 
-__all__ = ["INTAKE_LOG_SECONDS", "INTAKE_RETRY_SECONDS", "Intake", "adopt", "still_planned"]
+__all__ = [
+    "INTAKE_LOG_SECONDS",
+    "INTAKE_RETRY_SECONDS",
+    "Intake",
+    "adopt",
+    "replan",
+    "still_planned",
+]
 
 log = structlog.get_logger()
 
@@ -111,10 +118,7 @@ class Intake:
         self._scan: Callable[[], int] | None = None
         self._scan_requested = False
         self._paintings = PaintingIds()
-        # Intake paused by a journal that cannot be written: (until, reason).
-        self.paused: tuple[float, str] | None = None
-        self._paused_logged = -math.inf
-        self._paused_announced = False
+        self._pause = _Pause()
         self._thread: threading.Thread | None = None
         self.heartbeat = time.monotonic()
 
@@ -159,7 +163,7 @@ class Intake:
                     self._queued()
                 if time.monotonic() >= next_counts:
                     next_counts = time.monotonic() + COUNTS_SECONDS
-                    self._publish_counts()
+                    publish_counts(self._journal, self._bus)
             except Exception:  # the intake's boundary: log, wait a moment, carry on
                 log.exception("intake_error")
                 self._stop.wait(INTAKE_RETRY_SECONDS)
@@ -167,14 +171,6 @@ class Intake:
             wait = COUNTS_SECONDS if deadline is None else deadline - time.monotonic()
             self._wake.wait(max(0.01, min(wait, COUNTS_SECONDS)))
             self._wake.clear()
-
-    def _publish_counts(self) -> None:
-        try:
-            counts = {state.value: n for state, n in self._journal.counts().items()}
-        except JournalError as exc:
-            self._bus.emit(events.QueueCounts({}, error=str(exc)))
-            return
-        self._bus.emit(events.QueueCounts(counts))
 
     # -- what the watcher reports (called from its threads) -------------------------------------
 
@@ -227,6 +223,11 @@ class Intake:
 
     # -- a settled file becomes jobs ------------------------------------------------------------
 
+    @property
+    def paused(self) -> str | None:
+        """Why intake is paused (the journal cannot be written), or None."""
+        return self._pause.reason
+
     def round(self) -> int:
         """Take in every settled file; returns how many jobs were queued.
 
@@ -234,8 +235,7 @@ class Intake:
         intake pauses: the files stay tracked, the round is tried again every
         INTAKE_RETRY_SECONDS, and the log and STATUS say so once a minute, not once per file.
         """
-        now = time.monotonic()
-        if self.paused is not None and now < self.paused[0]:
+        if self._pause.waiting():
             return 0
         queued = 0
         due = self._tracker.due()
@@ -248,30 +248,11 @@ class Intake:
                     with self._lock:
                         self._taken.pop(waiting, None)
                     self._tracker.activity(waiting)
-                self._pause(str(exc), len(due) - index)
+                self._pause.pause(str(exc), len(due) - index)
                 return queued
-        if self.paused is not None and due:
-            if self._paused_announced:
-                # Said once per pause that was said: a disk that flaps (frees a little, fills
-                # again) makes at most a pair of lines a minute.
-                log.info("intake_resumed", after=self.paused[1])
-                self._paused_announced = False
-            self.paused = None
+        if due:
+            self._pause.resume()
         return queued
-
-    def _pause(self, reason: str, files: int) -> None:
-        now = time.monotonic()
-        self.paused = (now + INTAKE_RETRY_SECONDS, reason)
-        if now - self._paused_logged >= INTAKE_LOG_SECONDS:
-            self._paused_logged = now
-            self._paused_announced = True
-            log.warning(
-                "intake_paused",
-                error=reason,
-                files_waiting=files,
-                retry_every=INTAKE_RETRY_SECONDS,
-                hint="new photos are taken in as soon as the journal can be written again",
-            )
 
     def _take_in(self, path: Path) -> int:
         """A settled file: decide, fingerprint, queue. Returns how many jobs it queued."""
@@ -354,27 +335,72 @@ class Intake:
         with self._lock:
             self._taken[path] = signature
 
-    # -- reloads ---------------------------------------------------------------------------------
 
-    def replan(self, config: Config) -> tuple[int, int]:
-        """The reload's one pass over the queue: a queued job that the new config still plans
-        (same style, same settings) stays; one it no longer plans is cancelled here, once.
-        Returns (kept, cancelled)."""
-        kept = cancelled = 0
-        try:
-            for job in self._journal.jobs(JobState.QUEUED):
-                if job.order is None or still_planned(config, job) is not None:
-                    kept += 1
-                    continue
-                if self._journal.cancel(job.id, "the config no longer plans this output"):
-                    cancelled += 1
-                    log.info(
-                        "job_cancelled", source=job.source, style=job.style, reason="config_changed"
-                    )
-                    self._bus.emit(events.JobCancelled(job.source, "config_changed", job=job.id))
-        except JournalError as exc:
-            log.warning("reload_replan_failed", error=str(exc))
-        return kept, cancelled
+def publish_counts(journal: Journal, bus: events.EventBus) -> None:
+    """The queue's counts for STATUS (a QueueCounts event), read off the main thread."""
+    try:
+        counts = {state.value: n for state, n in journal.counts().items()}
+    except JournalError as exc:
+        bus.emit(events.QueueCounts({}, error=str(exc)))
+        return
+    bus.emit(events.QueueCounts(counts))
+
+
+class _Pause:
+    """Intake paused by a journal that cannot be written: when to try again, and what the log
+    said of it."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._until = 0.0
+        self._logged = -math.inf
+        self._announced = False
+
+    def waiting(self) -> bool:
+        return self.reason is not None and time.monotonic() < self._until
+
+    def pause(self, reason: str, files: int) -> None:
+        now = time.monotonic()
+        self.reason, self._until = reason, now + INTAKE_RETRY_SECONDS
+        if now - self._logged >= INTAKE_LOG_SECONDS:
+            self._logged = now
+            self._announced = True
+            log.warning(
+                "intake_paused",
+                error=reason,
+                files_waiting=files,
+                retry_every=INTAKE_RETRY_SECONDS,
+                hint="new photos are taken in as soon as the journal can be written again",
+            )
+
+    def resume(self) -> None:
+        if self.reason is not None and self._announced:
+            # Said once per pause that was said: a disk that flaps (frees a little, fills
+            # again) makes at most a pair of lines a minute.
+            log.info("intake_resumed", after=self.reason)
+            self._announced = False
+        self.reason = None
+
+
+def replan(journal: Journal, config: Config, bus: events.EventBus) -> tuple[int, int]:
+    """A reload's one pass over the queue: a queued job that the new config still plans (same
+    style, same settings) stays; one it no longer plans is cancelled here, once. Returns (kept,
+    cancelled)."""
+    kept = cancelled = 0
+    try:
+        for job in journal.jobs(JobState.QUEUED):
+            if job.order is None or still_planned(config, job) is not None:
+                kept += 1
+                continue
+            if journal.cancel(job.id, "the config no longer plans this output"):
+                cancelled += 1
+                log.info(
+                    "job_cancelled", source=job.source, style=job.style, reason="config_changed"
+                )
+                bus.emit(events.JobCancelled(job.source, "config_changed", job=job.id))
+    except JournalError as exc:
+        log.warning("reload_replan_failed", error=str(exc))
+    return kept, cancelled
 
 
 def _undecodable(relpath: PurePosixPath) -> str | None:

@@ -25,7 +25,7 @@ from daemon import events
 from daemon.config import Config, load_config
 from daemon.errors import ConfigError
 from daemon.hooks import HookRunner
-from daemon.intake import Intake, adopt
+from daemon.intake import Intake, adopt, replan
 from daemon.journal import Journal, JournalError
 from daemon.live import LiveState
 from daemon.metrics import TextfileWriter
@@ -160,7 +160,7 @@ class Service:
         if textfile is not None:
             textfile.start()
         try:
-            self._claim_output_folder(journal)
+            claim_output(journal, config.output)
             self._serve(journal)
         finally:
             hooks.stop()
@@ -251,7 +251,7 @@ class Service:
                 pool.abort()  # its journal is gone: nothing they finish could be recorded
             intake.stop()
             watcher.stop()
-            self._drain(pool)
+            drain(pool, self._stop_grace, lambda: self._stop_now)
             pool.close()
 
     def _main_loop(self, journal: Journal, watcher: Watcher, intake: Intake, pool: Pool) -> None:
@@ -268,7 +268,7 @@ class Service:
                 if self._check_state(journal):
                     break
             now = time.monotonic()
-            self.status.paused = None if intake.paused is None else intake.paused[1]
+            self.status.paused = intake.paused
             text = self.status.text
             if now >= next_status or text != sent:  # a change (a worker down) is told at once
                 self._notifier.status(text)
@@ -295,64 +295,13 @@ class Service:
             self._wake.wait(max(0.01, wake_at - time.monotonic()))
             self._wake.clear()
 
-    def _drain(self, pool: Pool) -> None:
-        """Let the running batches finish within the grace time; a second signal, or the end of
-        the grace time, aborts them at their next step (their jobs go back to the queue)."""
-        busy = pool.busy()
-        if busy:
-            log.warning(
-                "stop_waiting",
-                sources=busy,
-                grace_seconds=self._stop_grace,
-                hint="the running batch may finish first; a second Ctrl-C (or SIGTERM) stops "
-                "at once, and its photos resume from their last snapshot at the next start",
-            )
-        deadline = time.monotonic() + self._stop_grace
-        while not self._stop_now and time.monotonic() < deadline:
-            if pool.join(0.1):
-                return
-        if not pool.join(0):
-            if self._stop_now:
-                log.warning("stopping_now", sources=pool.busy(), reason="second signal")
-            else:
-                log.warning("aborting_batch", grace_seconds=self._stop_grace)
-            pool.abort()
-            pool.join()
-
-    def _claim_output_folder(self, journal: Journal) -> None:
-        """The output folder remembers the journal that writes it (OUTPUT_MARKER). Another
-        journal's mark means this state folder is not the one that made these outputs (it was
-        lost, deleted or replaced): starting would make every photo again as `~2` copies."""
-        output = self.config.output
-        try:
-            owner = claim_output_folder(output, journal.id)
-        except OSError as exc:
-            # A full or read-only output disk must not keep the service from starting: its jobs
-            # wait for the disk (retried), and the mark is written at the next start.
-            log.warning("output_folder_unmarked", folder=str(output), error=str(exc))
-            return
-        if owner != journal.id:
-            raise JournalError(
-                f"the output folder {output} was written with another journal (id {owner}) than "
-                f"{journal.path} (id {journal.id}): the state folder that made its outputs was "
-                "lost or replaced. Restore it, and every photo stays done once; to start afresh "
-                "instead (photos already done would be made again, as `~2` copies), remove "
-                f"{output / OUTPUT_MARKER}"
-            )
-
     def _check_state(self, journal: Journal) -> bool:
         """True when the journal is no longer this service's own (its state folder removed or
         the file replaced): the service stops, with exit 78, rather than split in two."""
-        lost = journal.lost()
+        lost = state_lost(journal, self.config.output)
         if lost is None:
             return False
-        self._state_lost = (
-            f"the state folder's journal is gone ({lost}) while the service ran; it stopped so "
-            "that no photo is processed twice. Restore the state folder from a backup, or, to "
-            f"start afresh (photos already done would be done again), remove "
-            f"{self.config.output / OUTPUT_MARKER} and start the service"
-        )
-        log.error("state_lost", reason=lost, hint=self._state_lost)
+        self._state_lost = lost
         self.stop_event.set()
         return True
 
@@ -361,25 +310,13 @@ class Service:
     def _reload(self) -> None:
         self._notifier.reloading()
         try:
-            new = load_config(self.config_path)
+            new = reloaded(self.config_path, self.config)
         except ConfigError as exc:
-            log.error(
-                "reload_refused", errors=str(exc).splitlines(), hint="the old config stays in force"
-            )
             self._notifier.ready(f"reload refused: {len(exc.problems)} problem(s) in config")
             return
-        old = self.config
-        changed = [key for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)]
-        if changed:
-            log.warning(
-                "reload_needs_restart",
-                settings=changed,
-                hint="these keep their old values until `systemctl restart stylewatch`",
-            )
-            new = dataclasses.replace(new, **{key: getattr(old, key) for key in changed})
         self.config = new
         assert self._intake is not None
-        kept, cancelled = self._intake.replan(new)
+        kept, cancelled = replan(self.journal, new, self.bus)
         self._intake.forget_all()
         # One scan takes every file in again under the new rules: what they plan anew is
         # queued, what was done stays done (journal.has_done), what is queued stays queued.
@@ -392,3 +329,85 @@ class Service:
             queued_cancelled=cancelled,
         )
         self._notifier.ready()
+
+
+def reloaded(path: Path, old: Config) -> Config:
+    """The config at `path` read again, with the settings that need a restart kept as they
+    were (and said so). Raises ConfigError, logged: the old config stays in force."""
+    try:
+        new = load_config(path)
+    except ConfigError as exc:
+        log.error(
+            "reload_refused", errors=str(exc).splitlines(), hint="the old config stays in force"
+        )
+        raise
+    changed = [key for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)]
+    if changed:
+        log.warning(
+            "reload_needs_restart",
+            settings=changed,
+            hint="these keep their old values until `systemctl restart stylewatch`",
+        )
+        new = dataclasses.replace(new, **{key: getattr(old, key) for key in changed})
+    return new
+
+
+def claim_output(journal: Journal, output: Path) -> None:
+    """The output folder remembers the journal that writes it (OUTPUT_MARKER). Another
+    journal's mark means this state folder is not the one that made these outputs (it was
+    lost, deleted or replaced): starting would make every photo again as `~2` copies."""
+    try:
+        owner = claim_output_folder(output, journal.id)
+    except OSError as exc:
+        # A full or read-only output disk must not keep the service from starting: its jobs
+        # wait for the disk (retried), and the mark is written at the next start.
+        log.warning("output_folder_unmarked", folder=str(output), error=str(exc))
+        return
+    if owner != journal.id:
+        raise JournalError(
+            f"the output folder {output} was written with another journal (id {owner}) than "
+            f"{journal.path} (id {journal.id}): the state folder that made its outputs was "
+            "lost or replaced. Restore it, and every photo stays done once; to start afresh "
+            "instead (photos already done would be made again, as `~2` copies), remove "
+            f"{output / OUTPUT_MARKER}"
+        )
+
+
+def state_lost(journal: Journal, output: Path) -> str | None:
+    """Why the service must stop (logged), or None while its journal is still its own."""
+    lost = journal.lost()
+    if lost is None:
+        return None
+    why = (
+        f"the state folder's journal is gone ({lost}) while the service ran; it stopped so "
+        "that no photo is processed twice. Restore the state folder from a backup, or, to "
+        f"start afresh (photos already done would be done again), remove "
+        f"{output / OUTPUT_MARKER} and start the service"
+    )
+    log.error("state_lost", reason=lost, hint=why)
+    return why
+
+
+def drain(pool: Pool, grace: float, hurry: Callable[[], bool]) -> None:
+    """Let the running batches finish within the grace time; a second signal, or the end of
+    the grace time, aborts them at their next step (their jobs go back to the queue)."""
+    busy = pool.busy()
+    if busy:
+        log.warning(
+            "stop_waiting",
+            sources=busy,
+            grace_seconds=grace,
+            hint="the running batch may finish first; a second Ctrl-C (or SIGTERM) stops "
+            "at once, and its photos resume from their last snapshot at the next start",
+        )
+    deadline = time.monotonic() + grace
+    while not hurry() and time.monotonic() < deadline:
+        if pool.join(0.1):
+            return
+    if not pool.join(0):
+        if hurry():
+            log.warning("stopping_now", sources=pool.busy(), reason="second signal")
+        else:
+            log.warning("aborting_batch", grace_seconds=grace)
+        pool.abort()
+        pool.join()
