@@ -658,9 +658,7 @@ class Broker:
         over after a stall, or done): finishing it is harmless (completion is idempotent), but
         the worker may as well stop."""
         with self._calling("keeping the lease on a batch"):
-            kept = self._keep_batch(
-                keys=[self.orders_key], args=[ORDERS_GROUP, entry_id, consumer]
-            )
+            kept = self._keep_batch(keys=[self.orders_key], args=[ORDERS_GROUP, entry_id, consumer])
         return bool(kept)
 
     def ack_batch(self, entry_id: str) -> bool:

@@ -102,6 +102,8 @@ class JobDone(Event):
     rule: str  # the rule's name
     style: str
     seconds: float
+    # What the `job_done` log line says beside: size, steps, device, schedule, reused, ...
+    details: Mapping[str, object] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class JobFailed(Event):
     style: str
     kind: str
     error: str
+    attempts: int = 0
+    failing_for: float | None = None  # seconds of passing trouble before it failed
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,9 @@ class JobRetry(Event):
     style: str
     kind: str
     error: str
+    attempts: int = 0
+    retry_in: float | None = None  # seconds until the next try
+    failing_for: float | None = None  # seconds since the streak of passing trouble began
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,8 @@ class JobCancelled(Event):
     source: str
     reason: str
     job: int | None = None  # None: every queued job of the source
+    style: str | None = None
+    jobs: int | None = None  # how many, for every queued job of the source
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,7 @@ class WorkerUp(Event):
     worker: str
     device: str
     pid: int | None
+    precision: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,7 @@ class WorkerDown(Event):
 
     worker: str
     reason: str
+    restarts: int = 0  # how many times in a row it went down
 
 
 Subscriber = Callable[[Event], None]
@@ -175,9 +186,14 @@ class EventBus:
     """Subscribers are called in order, on the emitting thread; one that raises is logged and
     the others still run, so a broken subscriber never fails a job."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, log_lines: bool = True) -> None:
         self._lock = threading.Lock()
         self._subscribers: tuple[Subscriber, ...] = ()
+        if log_lines:
+            # The log is the first subscriber: each job's lines come from its events.
+            from daemon.eventlog import EventLog
+
+            self.subscribe(EventLog())
 
     def subscribe(self, subscriber: Subscriber) -> None:
         with self._lock:

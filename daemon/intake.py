@@ -206,8 +206,7 @@ class Intake:
             str(relpath), "source removed before it was processed"
         )
         if cancelled:
-            log.info("job_cancelled", source=str(relpath), jobs=cancelled, reason="source_removed")
-            self._bus.emit(events.JobCancelled(str(relpath), "source_removed"))
+            self._bus.emit(events.JobCancelled(str(relpath), "source_removed", jobs=cancelled))
 
     def source_missing(self, source: str) -> None:
         """A worker found no file for a queued job. Forget that it was taken in: if the same file
@@ -318,14 +317,6 @@ class Intake:
             job = self._journal.enqueue(order)
             if job is not None:
                 queued += 1
-                log.info(
-                    "job_queued",
-                    source=order.source,
-                    rule=order.rule,
-                    style=order.style,
-                    output=order.output,
-                    job=job.id,
-                )
                 self._bus.emit(
                     events.JobQueued(job.id, order.source, order.rule, order.style, order.output)
                 )
@@ -394,10 +385,9 @@ def replan(journal: Journal, config: Config, bus: events.EventBus) -> tuple[int,
                 continue
             if journal.cancel(job.id, "the config no longer plans this output"):
                 cancelled += 1
-                log.info(
-                    "job_cancelled", source=job.source, style=job.style, reason="config_changed"
+                bus.emit(
+                    events.JobCancelled(job.source, "config_changed", job=job.id, style=job.style)
                 )
-                bus.emit(events.JobCancelled(job.source, "config_changed", job=job.id))
     except JournalError as exc:
         log.warning("reload_replan_failed", error=str(exc))
     return kept, cancelled

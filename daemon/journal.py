@@ -438,11 +438,15 @@ class Journal:
         duplicate (a queued one) or kept for the record (a done one)."""
         with self._tx() as cur:
             job = _fetch(cur, job_id)
-            clash = order is not None and cur.execute(
-                "SELECT id FROM jobs WHERE source = ? AND fingerprint = ? AND style = ?"
-                " AND settings_hash = ? AND id != ?",
-                (order.source, order.fingerprint, order.style, order.settings_hash, job_id),
-            ).fetchone() is not None
+            clash = (
+                order is not None
+                and cur.execute(
+                    "SELECT id FROM jobs WHERE source = ? AND fingerprint = ? AND style = ?"
+                    " AND settings_hash = ? AND id != ?",
+                    (order.source, order.fingerprint, order.style, order.settings_hash, job_id),
+                ).fetchone()
+                is not None
+            )
             if order is None or clash:
                 cur.execute("UPDATE jobs SET work_order = '' WHERE id = ?", (job_id,))
                 if job.state is JobState.QUEUED:

@@ -139,14 +139,7 @@ class Pool:
             # The paintings are checked once, at the first start: a restart must not wait for
             # a painting that hangs (the reason it may have been restarted).
             slot.process.spec = dataclasses.replace(slot.process.spec, styles=())
-            log.info(
-                "worker_up",
-                worker=slot.worker.name,
-                pid=slot.process.pid,
-                device=slot.process.device,
-                precision=slot.process.precision,
-            )
-            self._bus.emit(events.WorkerUp(slot.worker.name, slot.process.device, slot.process.pid))
+            self._up(slot)
 
     def run(self) -> None:
         """Start each worker's thread (after start())."""
@@ -215,10 +208,7 @@ class Pool:
             except WorkerDiedError as exc:
                 failures += 1
                 slot.down_since = time.monotonic()
-                log.error(
-                    "worker_down", worker=slot.worker.name, reason=str(exc), restarts=failures
-                )
-                self._bus.emit(events.WorkerDown(slot.worker.name, str(exc)))
+                self._bus.emit(events.WorkerDown(slot.worker.name, str(exc), restarts=failures))
                 self._requeue(slot, str(exc))
             except Exception:  # a journal or disk error: log it, wait, carry on
                 log.exception("worker_error", worker=slot.worker.name)
@@ -239,10 +229,13 @@ class Pool:
             # It may start later (a GPU that recovers); the back-off grows meanwhile.
             raise WorkerDiedError(f"restart failed: {exc}") from exc
         slot.down_since = None
-        log.info(
-            "worker_up", worker=slot.worker.name, pid=slot.process.pid, device=slot.process.device
+        self._up(slot)
+
+    def _up(self, slot: _Slot) -> None:
+        process = slot.process
+        self._bus.emit(
+            events.WorkerUp(slot.worker.name, process.device, process.pid, process.precision)
         )
-        self._bus.emit(events.WorkerUp(slot.worker.name, slot.process.device, slot.process.pid))
 
     def _requeue(self, slot: _Slot, reason: str) -> bool:
         """Put the jobs the worker left running back in the queue (their attempt counts); False

@@ -191,19 +191,10 @@ class Worker:
         )
 
     def _done(self, job: Job, claimed: str, took: float, **summary: object) -> None:
-        """The output is in place: mark the job done, log its one summary line (`job_done`, with
-        `summary`'s fields) and tell the subscribers (the booth page, hooks, metrics)."""
+        """The output is in place: mark the job done and tell the subscribers (its one log line,
+        `job_done` with `summary`'s fields; the booth page, hooks, metrics)."""
         self._journal.mark_done(job.id, claimed)
         self._forget_snapshot(job)
-        log.info(
-            "job_done",
-            source=job.source,
-            output=claimed,
-            rule=job.rule,
-            style=job.style,
-            result="done",
-            **summary,
-        )
         self._bus.emit(
             events.JobDone(
                 job=job.id,
@@ -212,14 +203,14 @@ class Worker:
                 rule=job.rule,
                 style=job.style,
                 seconds=took,
+                details=summary,
             )
         )
 
     def cancel(self, job: Job, reason: str) -> None:
         self._journal.cancel(job.id, _CANCEL_REASONS.get(reason, reason))
         self._forget_snapshot(job)
-        log.info("job_cancelled", source=job.source, style=job.style, reason=reason)
-        self._bus.emit(events.JobCancelled(job.source, reason, job=job.id))
+        self._bus.emit(events.JobCancelled(job.source, reason, job=job.id, style=job.style))
         if reason == "source_removed" and self._source_missing is not None:
             self._source_missing(job.source)
 
@@ -328,20 +319,7 @@ class Worker:
         failed = after.state.value == "failed"
         if failed:
             self._forget_snapshot(job)
-        log.warning(
-            "job_failed" if failed else "job_retry",
-            source=job.source,
-            style=job.style,
-            kind=kind,
-            error=error,
-            attempts=after.attempts,
-            # Only a job that will be tried again has a next try.
-            retry_in=None if failed or retry_at is None else round(retry_at - now, 1),
-            failing_for=(
-                None if after.first_failure is None else round(now - after.first_failure, 1)
-            ),
-            result=after.state.value,
-        )
+        failing_for = None if after.first_failure is None else round(now - after.first_failure, 1)
         if failed:
             self._bus.emit(
                 events.JobFailed(
@@ -352,12 +330,21 @@ class Worker:
                     style=job.style,
                     kind=kind,
                     error=error,
+                    attempts=after.attempts,
+                    failing_for=failing_for,
                 )
             )
         else:
             self._bus.emit(
                 events.JobRetry(
-                    job=job.id, source=job.source, style=job.style, kind=kind, error=error
+                    job=job.id,
+                    source=job.source,
+                    style=job.style,
+                    kind=kind,
+                    error=error,
+                    attempts=after.attempts,
+                    retry_in=None if retry_at is None else round(retry_at - now, 1),
+                    failing_for=failing_for,
                 )
             )
 

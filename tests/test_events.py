@@ -29,7 +29,7 @@ def test_events_are_frozen_values() -> None:
 
 
 def test_a_subscriber_that_raises_is_logged_and_the_others_still_run() -> None:
-    bus = events.EventBus()
+    bus = events.EventBus(log_lines=False)
     seen: list[tuple[str, events.Event]] = []
 
     def broken(event: events.Event) -> None:
@@ -47,6 +47,34 @@ def test_a_subscriber_that_raises_is_logged_and_the_others_still_run() -> None:
     assert failure["event_type"] == "JobCancelled"
     assert failure["log_level"] == "error"
     assert failure["exc_info"] is True
+
+
+def test_the_log_lines_of_jobs_and_workers_are_written_from_their_events() -> None:
+    bus = events.EventBus()
+    with capture_logs() as logs:
+        bus.emit(events.JobQueued(3, "a.jpg", "booth", "starry", "a.jpg"))
+        bus.emit(events.JobDone(3, "a.jpg", "a.jpg", "booth", "starry", 1.5, details={"steps": 9}))
+        bus.emit(events.JobRetry(4, "b.jpg", "starry", "io", "EIO", attempts=0, retry_in=5.0))
+        bus.emit(events.JobFailed(5, "c.jpg", "c.jpg", "booth", "starry", "bad_image", "no"))
+        bus.emit(events.JobCancelled("d.jpg", "source_removed", jobs=2))
+        bus.emit(events.WorkerDown("worker-1", "killed by SIGKILL", restarts=1))
+        bus.emit(events.ServiceHeartbeat(healthy=True))  # not a line of the log
+    lines = [(e["event"], e["log_level"]) for e in logs]
+    assert lines == [
+        ("job_queued", "info"),
+        ("job_done", "info"),
+        ("job_retry", "warning"),
+        ("job_failed", "warning"),
+        ("job_cancelled", "info"),
+        ("worker_down", "error"),
+    ]
+    queued, done, retry, failed, cancelled, down = logs
+    assert (queued["rule"], queued["job"], queued["output"]) == ("booth", 3, "a.jpg")
+    assert (done["result"], done["steps"], done["rule"]) == ("done", 9, "booth")
+    assert (retry["retry_in"], retry["result"], retry["kind"]) == (5.0, "queued", "io")
+    assert (failed["retry_in"], failed["result"]) == (None, "failed")
+    assert (cancelled["jobs"], cancelled["reason"]) == (2, "source_removed")
+    assert (down["worker"], down["restarts"]) == ("worker-1", 1)
 
 
 def test_the_live_state_follows_jobs_and_is_published_whole(tmp_path: Path) -> None:
