@@ -1,4 +1,4 @@
-"""Time budgets (issue 16): the time each budget takes and the quality it buys, against the presets.
+"""Time budgets: the time each budget takes and the quality it buys, against the presets.
 
 For each budget, photos are stylized with `seconds: B` and no step count; the table gives the
 optimisation time used (the goal: never above the budget + 10%) and the final loss evaluated in

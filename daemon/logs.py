@@ -1,9 +1,10 @@
-"""structlog set-up for the whole process; called once, from the CLI, and nowhere else.
+"""structlog set-up for a process: called from the CLI, and in each worker process
+(daemon/process.py) with the service's level and format, so the service writes one kind of line.
 
 On a terminal the lines are coloured for people; anywhere else (systemd's journal captures stderr,
 a file, a pipe) each line is one JSON object for machines. Modules only ever do
-`log = structlog.get_logger()`, and the worker binds per-job context with
-`structlog.contextvars.bind_contextvars`, which every line then carries.
+`log = structlog.get_logger()`; a worker process binds `worker=worker-N` with
+`structlog.contextvars.bind_contextvars`, which every line it writes then carries.
 
 Libraries that log through the standard `logging` module (watchdog, Pillow) and Python warnings
 (torch's) are forwarded into the same output, so the journal never gets a line in another format.

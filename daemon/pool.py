@@ -68,13 +68,11 @@ class Pool:
         *,
         engine_factory: EngineFactory = real_engine,
         bus: events.EventBus,
-        wake: threading.Event,
         source_missing: Callable[[str], None],
     ) -> None:
         self._journal = journal
         self._config = config
         self._bus = bus
-        self._wake = wake
         first = config()
         devices = resolve_devices(first.engine.devices, first.engine.engine.device)
         cpus = sum(1 for d in devices if d in {"cpu", "auto"})
@@ -161,6 +159,11 @@ class Pool:
     def graphs(self) -> bool:
         return any(slot.process.graphs for slot in self.slots)
 
+    def wake(self) -> None:
+        """New jobs: every worker looks (each has its own event, so none misses it)."""
+        for slot in self.slots:
+            slot.wake.set()
+
     def alive(self) -> bool:
         """Every worker's thread runs (a worker process being restarted counts as alive)."""
         return all(slot.thread is not None and slot.thread.is_alive() for slot in self.slots)
@@ -175,7 +178,7 @@ class Pool:
     def stop(self) -> None:
         """No new batches: each worker finishes the one it runs (see drain/abort)."""
         self._stop.set()
-        self._wake.set()
+        self.wake()
 
     def abort(self) -> None:
         for slot in self.slots:
@@ -204,7 +207,7 @@ class Pool:
             try:
                 if slot.down_since is not None:
                     self._restart(slot, failures)
-                slot.worker.run(self._stop, self._wake)
+                slot.worker.run(self._stop, slot.wake)
             except WorkerDiedError as exc:
                 failures += 1
                 slot.down_since = time.monotonic()
@@ -258,3 +261,4 @@ class _Slot:
     worker: Worker
     thread: threading.Thread | None = None
     down_since: float | None = None
+    wake: threading.Event = dataclasses.field(default_factory=threading.Event)

@@ -99,7 +99,7 @@ class Service:
         self._stop_grace = stop_grace  # how long a running batch may finish before it is aborted
         self.stop_event = threading.Event()
         self._wake = threading.Event()  # wakes the main loop
-        self._worker_wake = threading.Event()  # wakes the workers: new jobs
+        self._pool: Pool | None = None
         self._reload_requested = False
         self._stop_now = False  # a second stop signal: abort the running batches at once
         self._state_lost: str | None = None  # why the service stopped: its journal is gone
@@ -193,7 +193,7 @@ class Service:
             journal,
             lambda: self.config,
             bus=self.bus,
-            queued=self._worker_wake.set,
+            queued=self._wake_workers,
             reload=self._reload,
         )
         self._intake = intake
@@ -202,9 +202,9 @@ class Service:
             lambda: self.config,
             engine_factory=self._engine_factory,
             bus=self.bus,
-            wake=self._worker_wake,
             source_missing=intake.source_missing,
         )
+        self._pool = pool
         pool.start()  # the models load; a bad checkpoint or no GPU raises here
         if self.stop_event.is_set():
             pool.close()  # SIGTERM while the models loaded: no batch may start now
@@ -294,6 +294,10 @@ class Service:
             wake_at = min(next_status, next_beat, next_ping, now + STATE_CHECK_SECONDS)
             self._wake.wait(max(0.01, wake_at - time.monotonic()))
             self._wake.clear()
+
+    def _wake_workers(self) -> None:
+        if self._pool is not None:
+            self._pool.wake()
 
     def _check_state(self, journal: Journal) -> bool:
         """True when the journal is no longer this service's own (its state folder removed or
