@@ -143,6 +143,9 @@ class WorkerProcess(ProcessLinkBase):
             with contextlib.suppress(OSError, ValueError):
                 self._conn.send(("stop",))
 
+    def alive(self) -> bool:
+        return self._process is not None and bool(self._process.is_alive())
+
     def close(self) -> None:
         """Ask the process to stop, and kill it if it does not within STOP_SECONDS."""
         self.ask_to_stop()

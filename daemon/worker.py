@@ -46,6 +46,9 @@ class Link(Protocol):
         """Run the batch; every job ends in one report. Raises WorkerDiedError when the executor
         died before reporting them all."""
 
+    def alive(self) -> bool:
+        """Whether the executor is there to take a batch (a worker process can die idle)."""
+
     def close(self) -> None: ...
 
 
@@ -53,6 +56,9 @@ class ProcessLinkBase:
     """Marks a link to a worker process (daemon/pool.py), to tell it from an engine."""
 
     def run(self, batch: Batch, reporter: Reporter, should_stop: Callable[[], bool]) -> None:
+        raise NotImplementedError
+
+    def alive(self) -> bool:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -67,6 +73,9 @@ class LocalLink:
 
     def run(self, batch: Batch, reporter: Reporter, should_stop: Callable[[], bool]) -> None:
         self.executor.run(batch, reporter, should_stop)
+
+    def alive(self) -> bool:
+        return True
 
     def close(self) -> None:
         self.executor.close()
@@ -128,6 +137,8 @@ class Worker:
             self._snapshots.prune(live)
         while not stop.is_set():
             self.heartbeat = time.monotonic()
+            if not self._link.alive():
+                raise WorkerDiedError(f"worker process {self.name} ended while idle")
             if not self.run_once():
                 due = self._journal.next_due()
                 wait = 1.0 if due is None else min(1.0, max(0.05, due - self._wall()))
