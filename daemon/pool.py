@@ -75,11 +75,11 @@ class Pool:
         self._bus = bus
         first = config()
         devices = resolve_devices(first.engine.devices, first.engine.engine.device)
-        cpus = sum(1 for d in devices if d in {"cpu", "auto"})
         threads = first.engine.threads
-        if threads is None and cpus > 1:
-            # CPU workers share the cores: each gets its part, at least one.
-            threads = max(1, (os.cpu_count() or 1) // cpus)
+        if threads is None and len(devices) > 1:
+            # The workers share the cores (CPU workers compute on them; GPU workers decode,
+            # encode and feed their GPU): each gets its part, at least one.
+            threads = max(1, (os.cpu_count() or 1) // len(devices))
         styles = tuple(
             (target.style, target.settings.params)
             for rule in first.rules
