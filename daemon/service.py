@@ -265,7 +265,11 @@ class Service:
                 intake.request_reload()  # read and applied on the intake's thread
             if time.monotonic() >= next_state_check:
                 next_state_check = time.monotonic() + STATE_CHECK_SECONDS
-                if self._check_state(journal):
+                # A journal no longer its own (the state folder removed, the file replaced):
+                # the service stops, with exit 78, rather than split in two.
+                self._state_lost = state_lost(journal, self.config.output)
+                if self._state_lost is not None:
+                    self.stop_event.set()
                     break
             now = time.monotonic()
             self.status.paused = intake.paused
@@ -298,16 +302,6 @@ class Service:
     def _wake_workers(self) -> None:
         if self._pool is not None:
             self._pool.wake()
-
-    def _check_state(self, journal: Journal) -> bool:
-        """True when the journal is no longer this service's own (its state folder removed or
-        the file replaced): the service stops, with exit 78, rather than split in two."""
-        lost = state_lost(journal, self.config.output)
-        if lost is None:
-            return False
-        self._state_lost = lost
-        self.stop_event.set()
-        return True
 
     # -- reload: on the intake's thread ---------------------------------------------------------
 
