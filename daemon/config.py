@@ -16,10 +16,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import ipaddress
 import json
 import re
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,6 +27,28 @@ from typing import Literal
 from wcmatch import fnmatch as wcfnmatch
 from wcmatch import glob as wcglob
 
+# Importable from here, as they always were (the web server and the CLI use them).
+from daemon.configchecks import DEFAULT_LISTEN as DEFAULT_LISTEN  # noqa: PLC0414
+from daemon.configchecks import MIN_TOKEN_LENGTH as MIN_TOKEN_LENGTH  # noqa: PLC0414
+from daemon.configchecks import (
+    OUTPUT_FORMATS,
+    check_command,
+    check_extension,
+    check_ignore_pattern,
+    check_listen,
+    check_namespace,
+    check_redis_url,
+    check_textfile,
+    check_token,
+    clean_extensions,
+    output_format_alias,
+)
+from daemon.configchecks import PLACEHOLDERS as PLACEHOLDERS  # noqa: PLC0414
+from daemon.configchecks import STYLE_NAME as STYLE_NAME  # noqa: PLC0414
+from daemon.configchecks import OutputTemplate as OutputTemplate  # noqa: PLC0414
+from daemon.configchecks import is_loopback as is_loopback  # noqa: PLC0414
+from daemon.configchecks import parse_listen as parse_listen  # noqa: PLC0414
+from daemon.configchecks import safe_relpath as safe_relpath  # noqa: PLC0414
 from daemon.errors import ConfigError, Problem  # noqa: F401  (re-exported, as before)
 from daemon.logs import LEVELS, Renderer
 
@@ -47,7 +67,6 @@ from daemon.schema import (
     Range,
     setting,
 )
-from daemon.schema import suggest as _suggest
 from engine import formats
 from engine.metadata import METADATA_POLICIES, Credit
 from engine.params import EngineConfig, StyleParams, StyleSpec
@@ -56,8 +75,6 @@ WatchMode = Literal["auto", "native", "polling"]
 ResolvedWatchMode = Literal["native", "polling"]
 
 WATCH_MODES: tuple[str, ...] = ("auto", "native", "polling")
-# "same", or the name of a format an output can take (engine.formats).
-OUTPUT_FORMATS: tuple[str, ...] = ("same", *(f.name for f in formats.WRITABLE))
 DEFAULT_EXTENSIONS: tuple[str, ...] = formats.EXTENSIONS
 
 # Names that are never photos, matched on every component of a path: hidden files and folders,
@@ -80,85 +97,14 @@ BUILTIN_IGNORES: tuple[str, ...] = (
 MATCH_FLAGS = wcglob.GLOBSTAR | wcglob.IGNORECASE | wcglob.FORCEUNIX
 NAME_FLAGS = wcfnmatch.IGNORECASE | wcfnmatch.DOTMATCH | wcfnmatch.FORCEUNIX
 
-STYLE_NAME = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 # A rule's name goes into output paths through `{rule}`: letters, digits, `_`, `-` and `.`.
 RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
-PLACEHOLDERS: tuple[str, ...] = ("dir", "stem", "ext", "style", "rule")
 
 PARAM_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StyleParams))
 OUTPUT_KEYS: tuple[str, ...] = ("format", "quality", "metadata")
 # `preset` names a schedule from engine.params.PRESETS; keys beside it in the same mapping win.
 SETTING_KEYS: tuple[str, ...] = (*PARAM_KEYS, *OUTPUT_KEYS, "preset")
 CREDIT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Credit))
-DEFAULT_LISTEN = "127.0.0.1:8750"
-MIN_TOKEN_LENGTH = 16  # a token short enough to guess protects nothing
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks of single values, named by the fields below: each returns a problem's message or None.
-
-
-def _extension(text: str) -> str | None:
-    ext = text.strip().lstrip(".").lower()
-    return f"{text!r} is not a file extension" if not ext or "/" in ext else None
-
-
-def _extensions(found: tuple[str, ...]) -> tuple[str, ...]:
-    # Lower-case, without the dot, each once: `.JPG` and `jpg` are one extension.
-    return tuple(dict.fromkeys(text.strip().lstrip(".").lower() for text in found))
-
-
-def _ignore_pattern(text: str) -> str | None:
-    if not text or text.startswith("/") or ".." in text.split("/"):
-        return (
-            f"{text!r} is not a usable pattern: patterns are names (`*.bak`) or globs "
-            "relative to the input folder (`archive/**`)"
-        )
-    return None
-
-
-def _listen(text: str) -> str | None:
-    try:
-        parse_listen(text)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _token(text: str) -> str | None:
-    if len(text.strip()) < MIN_TOKEN_LENGTH:
-        return f"use at least {MIN_TOKEN_LENGTH} random characters (`openssl rand -hex 16`)"
-    return None
-
-
-def _command(argv: tuple[str, ...]) -> str | None:
-    return "the program (first item) is empty" if argv and not argv[0].strip() else None
-
-
-def _textfile(path: Path) -> str | None:
-    return None if path.parent.is_dir() else f"{path.parent} does not exist"
-
-
-def _redis_url(text: str) -> str | None:
-    if text.startswith(("redis://", "rediss://", "unix://")):
-        return None
-    return "expected redis://host:port/db, rediss://host:port/db or unix:///path/to/redis.sock"
-
-
-def _namespace(text: str) -> str | None:
-    return None if STYLE_NAME.fullmatch(text) else "use letters, digits, `_` and `-`"
-
-
-def _output_format(value: object) -> str | None:
-    """`same`, a format's name or one of its extensions (`jpg`), in any case."""
-    if not isinstance(value, str):
-        return None
-    if value.lower() == "same":
-        return "same"
-    row = formats.by_extension(value)
-    if row is None and value.lower() in OUTPUT_FORMATS:
-        row = formats.by_name(value)
-    return row.name if row is not None and row.writable else None
 
 
 _COMMAND = Items(
@@ -207,9 +153,9 @@ class WatchConfig:
         metadata=setting(
             "file extensions to consider: lower-case, without the dot",
             items=Items(
-                each=_extension,
+                each=check_extension,
                 empty="name at least one extension, or no photo will be picked up",
-                clean=_extensions,
+                clean=clean_extensions,
             ),
         ),
     )
@@ -217,7 +163,7 @@ class WatchConfig:
         default=(),
         metadata=setting(
             "the user's patterns to skip, on top of BUILTIN_IGNORES",
-            items=Items(each=_ignore_pattern),
+            items=Items(each=check_ignore_pattern),
         ),
     )
 
@@ -319,12 +265,12 @@ class BrokerConfig:
     url: str | None = field(
         default=None,
         metadata=setting(
-            "redis://host:port/db, rediss://..., unix:///path/redis.sock", check=_redis_url
+            "redis://host:port/db, rediss://..., unix:///path/redis.sock", check=check_redis_url
         ),
     )
     # Installs that share one Redis server keep apart by it.
     namespace: str = field(
-        default="stylewatch", metadata=setting("key prefix in Redis", check=_namespace)
+        default="stylewatch", metadata=setting("key prefix in Redis", check=check_namespace)
     )
     # Another worker then takes the batch over.
     lease_seconds: float = field(
@@ -364,7 +310,9 @@ class OutputSettings:
     format: str = field(
         default="same",
         metadata=setting(
-            "same, or a format an output can take", choices=OUTPUT_FORMATS, alias=_output_format
+            "same, or a format an output can take",
+            choices=OUTPUT_FORMATS,
+            alias=output_format_alias,
         ),
     )
     quality: int = field(
@@ -428,45 +376,6 @@ class Target:
 
 
 @dataclass(frozen=True)
-class OutputTemplate:
-    """Where a rule writes, relative to the output folder: `{dir}/{stem}.{style}.{ext}`."""
-
-    text: str
-
-    @classmethod
-    def parse(cls, text: str) -> OutputTemplate:
-        """Check the template's shape; raises ValueError with a message that suits a ConfigError."""
-        if not text.strip():
-            raise ValueError("the output template is empty")
-        if text.startswith(("/", "~")) or re.match(r"[A-Za-z]:[/\\]", text):
-            raise ValueError("the output template must be relative to the output folder")
-        if "\\" in text or "\0" in text:
-            raise ValueError("the output template may not contain '\\' or NUL; use '/' for folders")
-        if text.endswith("/"):
-            raise ValueError("the output template must end with a file name")
-        try:
-            parts = list(string.Formatter().parse(text))
-        except ValueError as exc:
-            raise ValueError(f"the output template is malformed: {exc}") from None
-        for _literal, name, spec, conversion in parts:
-            if name is None:
-                continue
-            if name not in PLACEHOLDERS:
-                raise ValueError(
-                    f"unknown placeholder {{{name}}}{_suggest(name, PLACEHOLDERS)}; "
-                    f"placeholders are {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
-                )
-            if conversion or (spec and "{" in spec):
-                raise ValueError(f"placeholder {{{name}}} may only carry a plain format spec")
-        return cls(text)
-
-    def render(self, *, dir: str, stem: str, ext: str, style: str, rule: str) -> PurePosixPath:
-        """The output path of one photo; ValueError when it would leave the output folder."""
-        text = self.text.format(dir=dir, stem=stem, ext=ext, style=style, rule=rule)
-        return safe_relpath(text)
-
-
-@dataclass(frozen=True)
 class Rule:
     index: int  # 0-based position in `rules`, as in error messages
     line: int
@@ -493,11 +402,11 @@ class WebConfig:
 
     listen: str = field(
         default=DEFAULT_LISTEN,
-        metadata=setting("HOST:PORT; any host but loopback needs a token", check=_listen),
+        metadata=setting("HOST:PORT; any host but loopback needs a token", check=check_listen),
     )
     token: str | None = field(
         default=None,
-        metadata=setting("checked on every route but /healthz when set", check=_token),
+        metadata=setting("checked on every route but /healthz when set", check=check_token),
     )
     show_sources: bool = field(
         default=False, metadata=setting("serve the source photos beside the artworks")
@@ -510,11 +419,11 @@ class HooksConfig:
 
     on_done: tuple[str, ...] = field(
         default=(),
-        metadata=setting("run after an artwork is written", items=_COMMAND, check=_command),
+        metadata=setting("run after an artwork is written", items=_COMMAND, check=check_command),
     )
     on_failed: tuple[str, ...] = field(
         default=(),
-        metadata=setting("run after a photo failed for good", items=_COMMAND, check=_command),
+        metadata=setting("run after a photo failed for good", items=_COMMAND, check=check_command),
     )
     timeout_seconds: float = field(
         default=30.0,
@@ -528,7 +437,7 @@ class HooksConfig:
 class MetricsConfig:
     # node_exporter's textfile collector: the service writes its metrics here atomically.
     textfile: Path | None = field(
-        default=None, metadata=setting("the metrics file to write", check=_textfile)
+        default=None, metadata=setting("the metrics file to write", check=check_textfile)
     )
     interval_seconds: float = field(
         default=15.0,
@@ -598,43 +507,6 @@ def name_rules(rules: Sequence[Rule]) -> list[Rule]:
 def _rule_hash(match: Sequence[str], styles: Sequence[str]) -> str:
     key = json.dumps([list(match), list(styles)], separators=(",", ":"))
     return hashlib.sha256(key.encode()).hexdigest()[:6]
-
-
-def safe_relpath(text: str) -> PurePosixPath:
-    """`text` as a normalised relative path that cannot leave its folder, or ValueError."""
-    parts = [part for part in text.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise ValueError(f"{text!r} would leave the output folder ('..')")
-    if "\0" in text:
-        raise ValueError(f"{text!r} contains NUL")
-    if not parts:
-        raise ValueError(f"{text!r} is an empty path")
-    return PurePosixPath(*parts)
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """`HOST:PORT` (`[::1]:8750` for IPv6) -> (host, port); ValueError with a message."""
-    host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"{text!r} is not HOST:PORT (for example {DEFAULT_LISTEN})")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{text!r}: write an IPv6 address in brackets, [::1]:8750")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{text!r}: the port must be between 0 and 65535")
-    return host, port
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` is reachable only from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_config(path: str | Path, *, require_input: bool = True) -> Config:

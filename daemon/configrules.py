@@ -13,13 +13,13 @@ from daemon.config import (
     MATCH_FLAGS,
     RULE_NAME,
     SETTING_KEYS,
-    STYLE_NAME,
     OutputTemplate,
     Rule,
     Style,
     Target,
     name_rules,
 )
+from daemon.configchecks import STYLE_NAME
 from daemon.confignodes import Fields
 from daemon.configsettings import Given, StyleReader
 from daemon.schema import suggest

@@ -19,11 +19,11 @@ from daemon.config import (
     OUTPUT_KEYS,
     PARAM_KEYS,
     SETTING_KEYS,
-    STYLE_NAME,
     OutputSettings,
     Settings,
     Style,
 )
+from daemon.configchecks import STYLE_NAME
 from daemon.confignodes import INVALID, Fields, NodeReader
 from daemon.schema import STYLE_PARAMS, Range, fields_of
 from engine.metadata import Credit
