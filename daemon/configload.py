@@ -8,6 +8,7 @@ hooks, metrics) and the checks between their values.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
@@ -28,8 +29,9 @@ from daemon.config import (
 )
 from daemon.confignodes import INVALID, Fields, yaml_syntax_problem
 from daemon.configrules import RuleReader
+from daemon.configsettings import SETTINGS
 from daemon.errors import ConfigError, Problem
-from daemon.schema import DEVICE, ENGINE_CONFIG, fields_of, suggest
+from daemon.schema import DEVICE, ENGINE_CONFIG, Field, fields_of, suggest
 from engine.params import EngineConfig
 
 _Section = TypeVar("_Section")
@@ -53,6 +55,20 @@ _TOP_KEYS = (
 # `engine:` holds the engine's EngineConfig and the daemon's EngineSettings side by side.
 _ENGINE = fields_of(EngineConfig, ENGINE_CONFIG)
 _ENGINE_SETTINGS = fields_of(EngineSettings)
+
+# Every section whose keys the schema describes, as config.example.yaml documents them.
+# `defaults` (as a style and a rule) also takes `preset`, a name from engine.params.PRESETS.
+SCHEMA: Mapping[str, Mapping[str, Field]] = {
+    "watch": fields_of(WatchConfig),
+    "engine": {**_ENGINE, **_ENGINE_SETTINGS},
+    "logging": fields_of(LoggingSettings),
+    "retry": fields_of(RetrySettings),
+    "defaults": SETTINGS,
+    "web": fields_of(WebConfig),
+    "hooks": fields_of(HooksConfig),
+    "metrics": fields_of(MetricsConfig),
+    "broker": fields_of(BrokerConfig),
+}
 
 
 def read_config(path: str | Path, *, require_input: bool = True) -> Config:

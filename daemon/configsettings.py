@@ -31,7 +31,7 @@ from engine.params import PRESETS, StyleImage, StyleParams, StyleSpec
 
 _STYLE_KEYS = ("image", "images", "credit")
 # Every setting of `defaults`, a style or a rule but `preset`, which the loader reads first.
-_SETTINGS = {**fields_of(StyleParams, STYLE_PARAMS), **fields_of(OutputSettings)}
+SETTINGS = {**fields_of(StyleParams, STYLE_PARAMS), **fields_of(OutputSettings)}
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Given:
 class SettingsReader(NodeReader):
     def overrides(self, fields: Fields, key: str) -> dict[str, Given]:
         """The setting keys of a mapping (defaults, a style, a rule), as the engine's types."""
-        values = self.read_fields(fields, key, _SETTINGS)
+        values = self.read_fields(fields, key, SETTINGS)
         layer = {
             name: Given(value, fields[name][1], f"{key}.{name}") for name, value in values.items()
         }
