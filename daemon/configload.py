@@ -102,11 +102,11 @@ class Loader(RuleReader):
             raise ConfigError(self.problems)
         self.check_keys(top, _TOP_KEYS, "")
         folders = {name: self.folder(top, name, root) for name in ("input", "output", "state")}
-        watch = self.sections(WatchConfig, top.get("watch"), "watch")
+        watch = self.read_section(WatchConfig, top.get("watch"), "watch")
         retry = self.retry(top.get("retry"))
         engine = self.engine(top.get("engine"))
-        logging_settings = self.sections(LoggingSettings, top.get("logging"), "logging")
-        broker = self.sections(BrokerConfig, top.get("broker"), "broker")
+        logging_settings = self.read_section(LoggingSettings, top.get("logging"), "logging")
+        broker = self.read_section(BrokerConfig, top.get("broker"), "broker")
         defaults_layer = self.overrides(
             self.section(top.get("defaults"), "defaults", SETTING_KEYS), "defaults"
         )
@@ -114,9 +114,9 @@ class Loader(RuleReader):
         styles, style_layers = self.styles(top.get("styles"), root, defaults_layer)
         rules = self.rules(top.get("rules"), root, styles, style_layers, defaults_layer)
         self.check_folders(top, folders)
-        web = self.sections(WebConfig, top.get("web"), "web")
-        hooks = self.sections(HooksConfig, top.get("hooks"), "hooks")
-        metrics = self.sections(MetricsConfig, top.get("metrics"), "metrics")
+        web = self.read_section(WebConfig, top.get("web"), "web")
+        hooks = self.read_section(HooksConfig, top.get("hooks"), "hooks")
+        metrics = self.read_section(MetricsConfig, top.get("metrics"), "metrics")
         input_, output, state = folders["input"], folders["output"], folders["state"]
         # Each None below comes with a recorded problem; the test only narrows the types.
         if self.problems or input_ is None or output is None or state is None or defaults is None:
@@ -182,7 +182,7 @@ class Loader(RuleReader):
         if output is not None and output == state:
             self.problem(where("state"), "state", "the state folder cannot be the output folder")
 
-    def sections(
+    def read_section(
         self, cls: type[_Section], entry: tuple[yaml.Node, yaml.Node] | None, key: str
     ) -> _Section:
         """A section whose keys are the fields of `cls`, each read by its type and metadata."""
@@ -191,7 +191,7 @@ class Loader(RuleReader):
         return cls(**self.read_fields(fields, key, schema))
 
     def retry(self, entry: tuple[yaml.Node, yaml.Node] | None) -> RetrySettings:
-        retry = self.sections(RetrySettings, entry, "retry")
+        retry = self.read_section(RetrySettings, entry, "retry")
         if retry.first_delay > retry.max_delay and entry is not None:
             self.problem(
                 entry[1],

@@ -2,9 +2,9 @@
 
 The document is composed into YAML nodes (which keep their line numbers) and read by hand rather
 than loaded into plain dicts, because a dict forgets where each value came from. `NodeReader`
-reads one value by its field's type and its `Setting` (daemon/schema.py): a Literal is a choice, a
-`float` a number within its Range, a `tuple[str, ...]` one text or a list; `read_fields` reads a
-whole section that way. daemon/configload.py walks the document with it.
+reads scalars, texts, numbers and mappings; `SchemaReader` reads one value by its field's type and
+its `Setting` (daemon/schema.py), and `read_fields` a whole section that way. The loader
+(daemon/configload.py and the modules it names) walks the document with them.
 """
 
 from __future__ import annotations
@@ -37,30 +37,6 @@ class NodeReader:
     def problem(self, node: yaml.Node | None, key: str, message: str) -> None:
         line = None if node is None else node.start_mark.line + 1
         self.problems.append(Problem(self.shown, line, key, message))
-
-    # -- sections
-
-    def read_fields(
-        self,
-        fields: Fields,
-        key: str,
-        schema: Mapping[str, Field],
-        special: Mapping[str, Callable[[yaml.Node, str], object]] | None = None,
-    ) -> dict[str, object]:
-        """The valid values of a section's keys that `schema` describes, in the file's order;
-        `special` reads the few whose shape no type says."""
-        values: dict[str, object] = {}
-        for name, (_, node) in fields.items():
-            if name not in schema:
-                continue
-            item_key = f"{key}.{name}"
-            if special and name in special:
-                value = special[name](node, item_key)
-            else:
-                value = self.value(node, item_key, schema[name].kind, schema[name].setting)
-            if value is not INVALID:
-                values[name] = value
-        return values
 
     def section(
         self, entry: tuple[yaml.Node, yaml.Node] | None, key: str, allowed: Sequence[str]
@@ -106,84 +82,6 @@ class NodeReader:
             else:
                 self.problem(name_node, key, f"keys must be text, got {name!r} (quote it)")
         return fields
-
-    # -- one value, by its type and its description
-
-    def value(self, node: yaml.Node, key: str, kind: object, described: Setting) -> object:
-        origin, args = get_origin(kind), get_args(kind)
-        if origin in (Union, types.UnionType) and type(None) in args:
-            if self.scalar(node) is None:
-                return None
-            (inner,) = [a for a in args if a is not type(None)]
-            return self.value(node, key, inner, described)
-        if origin is Literal or described.choices:
-            choices = described.choices or tuple(str(a) for a in args)
-            given = self.scalar(node)
-            alias = described.alias(given) if described.alias is not None else None
-            return alias if alias is not None else self.choice(node, key, choices)
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            if described.items is None:
-                return self.sequence(node, key, args[0])
-            return self.items(node, key, described)
-        value = self.simple(node, key, kind, described)
-        message = None
-        if value is not INVALID and callable(described.check):
-            message = described.check(value)
-            if message is not None:
-                self.problem(node, key, message)
-        return INVALID if message is not None else value
-
-    def sequence(self, node: yaml.Node, key: str, kind: object) -> object:
-        """A tuple of values of one type: a list, or one value as a list of one."""
-        nodes = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        values = [self.value(item, f"{key}[{i}]", kind, _PLAIN) for i, item in enumerate(nodes)]
-        return INVALID if INVALID in values else tuple(values)
-
-    def simple(self, node: yaml.Node, key: str, kind: object, described: Setting) -> object:
-        """A value of a plain type: bool, int, float, str or Path."""
-        bounds = described.check if isinstance(described.check, Range) else None
-        if kind is bool:
-            value = self.boolean(node, key)
-        elif kind is int:
-            value = self.integer(node, key, bounds, described.unit)
-        elif kind is float:
-            value = self.real(node, key, bounds, described.unit)
-        elif kind is str:
-            value = self.text(node, key)
-        elif kind is Path:
-            value = self.existing_file(node, key) if described.file else self.path_value(node, key)
-            value = INVALID if value is None else value
-        else:
-            self.problem(node, key, "this setting cannot be set from the config")
-            value = INVALID
-        return value
-
-    def items(self, node: yaml.Node, key: str, described: Setting) -> object:
-        """One text or a list of them, each checked by the setting's `Items`."""
-        rule = described.items
-        assert rule is not None  # value() only calls this for a setting with items
-        if rule.list_only is not None and not isinstance(node, yaml.SequenceNode):
-            self.problem(node, key, rule.list_only)
-            return INVALID
-        found = self.texts(node, key)
-        if found is None:
-            return INVALID
-        ok = True
-        for index, (item, text) in enumerate(found):
-            message = rule.each(text) if rule.each is not None else None
-            if message is not None:
-                self.problem(item, f"{key}[{index}]", message)
-                ok = False
-        if not found and rule.empty is not None:
-            self.problem(node, key, rule.empty)
-            ok = False
-        value = tuple(text for _, text in found)
-        if ok and callable(described.check) and (message := described.check(value)):
-            self.problem(node, key, message)
-            ok = False
-        if not ok:
-            return INVALID
-        return rule.clean(value) if rule.clean is not None else value
 
     # -- scalars
 
@@ -289,6 +187,111 @@ class NodeReader:
             self.problem(node, key, f"{path} {what}")
             return None
         return path
+
+
+class SchemaReader(NodeReader):
+    """Reads values by their field's type and `Setting`: a Literal is a choice, a `float` a
+    number within its Range, a `tuple[str, ...]` one text or a list, an Optional also `null`."""
+
+    def read_fields(
+        self,
+        fields: Fields,
+        key: str,
+        schema: Mapping[str, Field],
+        special: Mapping[str, Callable[[yaml.Node, str], object]] | None = None,
+    ) -> dict[str, object]:
+        """The valid values of a section's keys that `schema` describes, in the file's order;
+        `special` reads the few whose shape no type says."""
+        values: dict[str, object] = {}
+        for name, (_, node) in fields.items():
+            if name not in schema:
+                continue
+            item_key = f"{key}.{name}"
+            if special and name in special:
+                value = special[name](node, item_key)
+            else:
+                value = self.value(node, item_key, schema[name].kind, schema[name].setting)
+            if value is not INVALID:
+                values[name] = value
+        return values
+
+    # -- one value, by its type and its description
+
+    def value(self, node: yaml.Node, key: str, kind: object, described: Setting) -> object:
+        origin, args = get_origin(kind), get_args(kind)
+        if origin in (Union, types.UnionType) and type(None) in args:
+            if self.scalar(node) is None:
+                return None
+            (inner,) = [a for a in args if a is not type(None)]
+            return self.value(node, key, inner, described)
+        if origin is Literal or described.choices:
+            choices = described.choices or tuple(str(a) for a in args)
+            given = self.scalar(node)
+            alias = described.alias(given) if described.alias is not None else None
+            return alias if alias is not None else self.choice(node, key, choices)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            if described.items is None:
+                return self.sequence(node, key, args[0])
+            return self.items(node, key, described)
+        value = self.simple(node, key, kind, described)
+        message = None
+        if value is not INVALID and callable(described.check):
+            message = described.check(value)
+            if message is not None:
+                self.problem(node, key, message)
+        return INVALID if message is not None else value
+
+    def sequence(self, node: yaml.Node, key: str, kind: object) -> object:
+        """A tuple of values of one type: a list, or one value as a list of one."""
+        nodes = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        values = [self.value(item, f"{key}[{i}]", kind, _PLAIN) for i, item in enumerate(nodes)]
+        return INVALID if INVALID in values else tuple(values)
+
+    def simple(self, node: yaml.Node, key: str, kind: object, described: Setting) -> object:
+        """A value of a plain type: bool, int, float, str or Path."""
+        bounds = described.check if isinstance(described.check, Range) else None
+        if kind is bool:
+            value = self.boolean(node, key)
+        elif kind is int:
+            value = self.integer(node, key, bounds, described.unit)
+        elif kind is float:
+            value = self.real(node, key, bounds, described.unit)
+        elif kind is str:
+            value = self.text(node, key)
+        elif kind is Path:
+            value = self.existing_file(node, key) if described.file else self.path_value(node, key)
+            value = INVALID if value is None else value
+        else:
+            self.problem(node, key, "this setting cannot be set from the config")
+            value = INVALID
+        return value
+
+    def items(self, node: yaml.Node, key: str, described: Setting) -> object:
+        """One text or a list of them, each checked by the setting's `Items`."""
+        rule = described.items
+        assert rule is not None  # value() only calls this for a setting with items
+        if rule.list_only is not None and not isinstance(node, yaml.SequenceNode):
+            self.problem(node, key, rule.list_only)
+            return INVALID
+        found = self.texts(node, key)
+        if found is None:
+            return INVALID
+        ok = True
+        for index, (item, text) in enumerate(found):
+            message = rule.each(text) if rule.each is not None else None
+            if message is not None:
+                self.problem(item, f"{key}[{index}]", message)
+                ok = False
+        if not found and rule.empty is not None:
+            self.problem(node, key, rule.empty)
+            ok = False
+        value = tuple(text for _, text in found)
+        if ok and callable(described.check) and (message := described.check(value)):
+            self.problem(node, key, message)
+            ok = False
+        if not ok:
+            return INVALID
+        return rule.clean(value) if rule.clean is not None else value
 
 
 def join(parent: str, name: str) -> str:

@@ -24,7 +24,7 @@ from daemon.config import (
     Style,
 )
 from daemon.configchecks import STYLE_NAME
-from daemon.confignodes import INVALID, Fields, NodeReader
+from daemon.confignodes import INVALID, Fields, SchemaReader
 from daemon.schema import STYLE_PARAMS, Range, fields_of
 from engine.metadata import Credit
 from engine.params import PRESETS, StyleImage, StyleParams, StyleSpec
@@ -43,7 +43,7 @@ class Given:
     key: str
 
 
-class SettingsReader(NodeReader):
+class SettingsReader(SchemaReader):
     def overrides(self, fields: Fields, key: str) -> dict[str, Given]:
         """The setting keys of a mapping (defaults, a style, a rule), as the engine's types."""
         values = self.read_fields(fields, key, SETTINGS)
