@@ -7,8 +7,7 @@ suggestion for a typo. Nothing downstream sees YAML or dicts: rules carry ready-
 at load time, not on the first photo.
 
 Each setting's default is its field's; its doc, bounds and unit are the field's metadata
-(`setting(...)`, daemon/schema.py), which the loader reads values by and the docs test checks
-config.example.yaml against. Mounts and filesystem types live in daemon/mounts.py.
+(`setting(...)`, daemon/schema.py): the loader reads values by it, a test checks the example.
 """
 
 from __future__ import annotations
@@ -27,22 +26,12 @@ from typing import Literal
 from wcmatch import fnmatch as wcfnmatch
 from wcmatch import glob as wcglob
 
+from daemon import configchecks as checks
+
 # Importable from here, as they always were (the web server and the CLI use them).
 from daemon.configchecks import DEFAULT_LISTEN as DEFAULT_LISTEN  # noqa: PLC0414
 from daemon.configchecks import MIN_TOKEN_LENGTH as MIN_TOKEN_LENGTH  # noqa: PLC0414
-from daemon.configchecks import (
-    OUTPUT_FORMATS,
-    check_command,
-    check_extension,
-    check_ignore_pattern,
-    check_listen,
-    check_namespace,
-    check_redis_url,
-    check_textfile,
-    check_token,
-    clean_extensions,
-    output_format_alias,
-)
+from daemon.configchecks import OUTPUT_FORMATS as OUTPUT_FORMATS  # noqa: PLC0414
 from daemon.configchecks import PLACEHOLDERS as PLACEHOLDERS  # noqa: PLC0414
 from daemon.configchecks import STYLE_NAME as STYLE_NAME  # noqa: PLC0414
 from daemon.configchecks import OutputTemplate as OutputTemplate  # noqa: PLC0414
@@ -55,18 +44,11 @@ from daemon.logs import LEVELS, Renderer
 # These lived here before daemon/mounts.py; callers and tests import them from here still.
 from daemon.mounts import (  # noqa: F401
     NETWORK_FILESYSTEMS,
-    _read_mounts,
-    _unescape_mount,
     filesystem_type,
     is_network_filesystem,
     parse_mountinfo,
 )
-from daemon.schema import (
-    DEVICE,  # noqa: F401  (re-exported, as before)
-    Items,
-    Range,
-    setting,
-)
+from daemon.schema import DEVICE, Items, Range, setting  # noqa: F401  (DEVICE: re-exported)
 from engine import formats
 from engine.metadata import METADATA_POLICIES, Credit
 from engine.params import EngineConfig, StyleParams, StyleSpec
@@ -105,11 +87,6 @@ OUTPUT_KEYS: tuple[str, ...] = ("format", "quality", "metadata")
 # `preset` names a schedule from engine.params.PRESETS; keys beside it in the same mapping win.
 SETTING_KEYS: tuple[str, ...] = (*PARAM_KEYS, *OUTPUT_KEYS, "preset")
 CREDIT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Credit))
-
-
-_COMMAND = Items(
-    list_only="expected a command as a list, [program, arg, ...]: it is run without a shell"
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,9 +130,9 @@ class WatchConfig:
         metadata=setting(
             "file extensions to consider: lower-case, without the dot",
             items=Items(
-                each=check_extension,
+                each=checks.check_extension,
                 empty="name at least one extension, or no photo will be picked up",
-                clean=clean_extensions,
+                clean=checks.clean_extensions,
             ),
         ),
     )
@@ -163,7 +140,7 @@ class WatchConfig:
         default=(),
         metadata=setting(
             "the user's patterns to skip, on top of BUILTIN_IGNORES",
-            items=Items(each=check_ignore_pattern),
+            items=Items(each=checks.check_ignore_pattern),
         ),
     )
 
@@ -181,9 +158,8 @@ class WatchConfig:
 class RetrySettings:
     """How failed jobs are tried again (daemon/journal.py applies it)."""
 
-    # Trouble that can pass (I/O errors, permissions, a painting or a share that is away) is
-    # retried for this long from its first failure before the job fails for good. Hours, so that
-    # an outage overnight loses nothing; `stylewatch status` shows what waits.
+    # Trouble that can pass (I/O errors, permissions, a painting or a share that is away): hours,
+    # so that an outage overnight loses nothing; `stylewatch status` shows what waits.
     give_up_after: float = field(
         default=6 * 3600.0,
         metadata=setting(
@@ -192,7 +168,6 @@ class RetrySettings:
             unit="seconds",
         ),
     )
-    # The unit is `s` in the messages of the delays, as it always was (messages are an API too).
     first_delay: float = field(
         default=5.0,
         metadata=setting("the first wait after a failure", check=Range(gt=0, le=86400), unit="s"),
@@ -223,7 +198,7 @@ class EngineSettings:
         default=4,
         metadata=setting("photos of one style stylized together", check=Range(ge=1, le=64)),
     )
-    # The service then stops answering systemd's watchdog, which restarts it. Far above the
+    # The service then stops answering systemd's watchdog, which restarts it: far above the
     # slowest step of a legitimate job.
     stuck_seconds: float = field(
         default=600.0,
@@ -251,8 +226,7 @@ class EngineSettings:
         ),
     )
     # ("auto",) is one worker on `device`; ("all",) one per CUDA GPU found at start; or devices
-    # such as ("cuda:0", "cuda:1") or ("cpu", "cpu"). Read by the loader itself (auto, all, or a
-    # list, and never beside `device`).
+    # such as ("cuda:0", "cuda:1") or ("cpu", "cpu"). The loader reads it by hand (configload).
     devices: tuple[str, ...] = field(
         default=("auto",), metadata=setting("one worker process per entry")
     )
@@ -265,12 +239,13 @@ class BrokerConfig:
     url: str | None = field(
         default=None,
         metadata=setting(
-            "redis://host:port/db, rediss://..., unix:///path/redis.sock", check=check_redis_url
+            "redis://host:port/db, rediss://..., unix:///path/redis.sock",
+            check=checks.check_redis_url,
         ),
     )
     # Installs that share one Redis server keep apart by it.
     namespace: str = field(
-        default="stylewatch", metadata=setting("key prefix in Redis", check=check_namespace)
+        default="stylewatch", metadata=setting("key prefix in Redis", check=checks.check_namespace)
     )
     # Another worker then takes the batch over.
     lease_seconds: float = field(
@@ -312,7 +287,7 @@ class OutputSettings:
         metadata=setting(
             "same, or a format an output can take",
             choices=OUTPUT_FORMATS,
-            alias=output_format_alias,
+            alias=checks.output_format_alias,
         ),
     )
     quality: int = field(
@@ -402,11 +377,13 @@ class WebConfig:
 
     listen: str = field(
         default=DEFAULT_LISTEN,
-        metadata=setting("HOST:PORT; any host but loopback needs a token", check=check_listen),
+        metadata=setting(
+            "HOST:PORT; any host but loopback needs a token", check=checks.check_listen
+        ),
     )
     token: str | None = field(
         default=None,
-        metadata=setting("checked on every route but /healthz when set", check=check_token),
+        metadata=setting("checked on every route but /healthz when set", check=checks.check_token),
     )
     show_sources: bool = field(
         default=False, metadata=setting("serve the source photos beside the artworks")
@@ -419,11 +396,15 @@ class HooksConfig:
 
     on_done: tuple[str, ...] = field(
         default=(),
-        metadata=setting("run after an artwork is written", items=_COMMAND, check=check_command),
+        metadata=setting(
+            "run after an artwork is written", items=checks.COMMAND, check=checks.check_command
+        ),
     )
     on_failed: tuple[str, ...] = field(
         default=(),
-        metadata=setting("run after a photo failed for good", items=_COMMAND, check=check_command),
+        metadata=setting(
+            "run after a photo failed for good", items=checks.COMMAND, check=checks.check_command
+        ),
     )
     timeout_seconds: float = field(
         default=30.0,
@@ -437,7 +418,7 @@ class HooksConfig:
 class MetricsConfig:
     # node_exporter's textfile collector: the service writes its metrics here atomically.
     textfile: Path | None = field(
-        default=None, metadata=setting("the metrics file to write", check=check_textfile)
+        default=None, metadata=setting("the metrics file to write", check=checks.check_textfile)
     )
     interval_seconds: float = field(
         default=15.0,
@@ -466,10 +447,6 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
-
-
-# ---------------------------------------------------------------------------------------------
-# Public helpers
 
 
 # ---------------------------------------------------------------------------------------------

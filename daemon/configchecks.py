@@ -12,7 +12,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from daemon.schema import suggest
+from daemon.schema import Items, suggest
 from engine import formats
 
 # "same", or the name of a format an output can take (engine.formats).
@@ -21,6 +21,10 @@ STYLE_NAME = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 DEFAULT_LISTEN = "127.0.0.1:8750"
 MIN_TOKEN_LENGTH = 16  # a token short enough to guess protects nothing
 PLACEHOLDERS: tuple[str, ...] = ("dir", "stem", "ext", "style", "rule")
+# A hook's command: argv, never run through a shell.
+COMMAND = Items(
+    list_only="expected a command as a list, [program, arg, ...]: it is run without a shell"
+)
 
 
 def check_extension(text: str) -> str | None:
