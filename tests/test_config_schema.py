@@ -147,3 +147,19 @@ def test_the_values_the_example_sets_are_the_defaults(tmp_path: Path) -> None:
     assert config.hooks == HooksConfig()
     assert config.metrics == MetricsConfig()
     assert config.broker == BrokerConfig()
+
+
+def test_an_optional_setting_takes_null_as_unset(tmp_path: Path) -> None:
+    # The schema reads every `X | None` field alike: `null` is its default, unset. (The hand-written
+    # sections refused it for engine.weights, memory_budget_mb, threads and broker.url.)
+    site = tmp_path / "site"
+    (site / "run" / "inbox").mkdir(parents=True)
+    shutil.copytree(REPO / "samples", site / "samples")
+    text = EXAMPLE.replace("  # threads: 2", "  threads: null\n  weights: null")
+    (site / "config.yaml").write_text(text.replace("  # url: redis", "  url: null\n  # url: redis"))
+
+    config = load_config(site / "config.yaml")
+
+    assert config.engine.threads is None
+    assert config.engine.engine.weights is None
+    assert config.broker.url is None
