@@ -209,8 +209,10 @@ class Loader(RuleReader):
             {**_ENGINE, **_ENGINE_SETTINGS},
             special={"devices": lambda node, key: self.devices(node, key, device)},
         )
+        given = {k: v for k, v in values.items() if k in _ENGINE}
         try:
-            engine = EngineConfig(**{k: v for k, v in values.items() if k in _ENGINE})  # type: ignore[arg-type]
+            # The schema has checked every value already; the engine's own checks stay the net.
+            engine = EngineConfig(**given)  # type: ignore[arg-type]
         except ValueError as exc:
             self.problem(entry[1] if entry else None, "engine", str(exc))
             engine = EngineConfig()
