@@ -40,6 +40,15 @@ OPTIMIZERS: tuple[str, ...] = ("lbfgs", "adam")
 PRESERVE_COLORS: tuple[str, ...] = ("none", "luminance", "histogram")
 
 
+class SettingError(ValueError):
+    """A setting the engine refuses. `field` names it, so that a caller can point at the place
+    where the value was written (the daemon's config loader does) without reading the message."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """What a resident Stylizer is built with: fixed for the life of the process."""
@@ -70,9 +79,9 @@ class EngineConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("preprocess", self.preprocess, PREPROCESSES)
         if self.style_cache_size < 1:
-            raise ValueError("style_cache_size must be at least 1")
+            raise SettingError("style_cache_size", "style_cache_size must be at least 1")
         if self.memory_budget_mb is not None and self.memory_budget_mb < 1:
-            raise ValueError("memory_budget_mb must be at least 1")
+            raise SettingError("memory_budget_mb", "memory_budget_mb must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -150,38 +159,47 @@ class StyleParams:
 
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 16384:
-            raise ValueError(f"size must be between 16 and 16384 pixels, got {self.size}")
+            raise SettingError("size", f"size must be between 16 and 16384 pixels, got {self.size}")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
+            raise SettingError("steps", f"steps must be at least 1, got {self.steps}")
         if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
-            raise ValueError(f"seconds must be a positive number of seconds, got {self.seconds}")
+            raise SettingError(
+                "seconds", f"seconds must be a positive number of seconds, got {self.seconds}"
+            )
         if self.scales < 1:
-            raise ValueError(f"scales must be at least 1, got {self.scales}")
+            raise SettingError("scales", f"scales must be at least 1, got {self.scales}")
         if not self.scale_step_ratio > 0:
-            raise ValueError("scale_step_ratio must be positive")
+            raise SettingError("scale_step_ratio", "scale_step_ratio must be positive")
         for name in ("content_weight", "style_weight", "tv_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+                raise SettingError(name, f"{name} must be a number >= 0, got {value!r}")
         if not (math.isfinite(self.style_scale) and 0.05 <= self.style_scale <= 8):
-            raise ValueError(f"style_scale must be between 0.05 and 8, got {self.style_scale}")
+            raise SettingError(
+                "style_scale", f"style_scale must be between 0.05 and 8, got {self.style_scale}"
+            )
         if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ValueError("learning_rate must be positive")
+            raise SettingError("learning_rate", "learning_rate must be positive")
         if not self.style_layers:
-            raise ValueError("style_layers must name at least one layer")
+            raise SettingError("style_layers", "style_layers must name at least one layer")
         if not self.content_layers:
-            raise ValueError("content_layers must name at least one layer")
+            raise SettingError("content_layers", "content_layers must name at least one layer")
         if self.style_layer_weights and len(self.style_layer_weights) != len(self.style_layers):
-            raise ValueError("style_layer_weights needs one weight per style layer")
+            raise SettingError(
+                "style_layer_weights", "style_layer_weights needs one weight per style layer"
+            )
         if any(not (math.isfinite(w) and w >= 0) for w in self.style_layer_weights):
-            raise ValueError("style_layer_weights must be numbers >= 0")
+            raise SettingError("style_layer_weights", "style_layer_weights must be numbers >= 0")
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("preserve_colors", self.preserve_colors, PRESERVE_COLORS)
         _check_choice("init", self.init, ("content", "random"))
-        for layer in self.content_layers + self.style_layers:
-            if layer not in LAYER_NAMES:
-                raise ValueError(f"unknown VGG19 layer {layer!r}; layers are named like relu4_2")
+        for name in ("content_layers", "style_layers"):
+            for layer in getattr(self, name):
+                if layer not in LAYER_NAMES:
+                    raise SettingError(
+                        name, f"unknown VGG19 layer {layer!r}; layers are named like relu4_2"
+                    )
 
     def replace(self, **changes: object) -> StyleParams:
         """A copy with some settings changed (validated again)."""
@@ -197,7 +215,7 @@ class StyleParams:
         weights = self.style_layer_weights or (1.0,) * len(self.style_layers)
         total = sum(weights)
         if total <= 0:
-            raise ValueError("style_layer_weights must not all be zero")
+            raise SettingError("style_layer_weights", "style_layer_weights must not all be zero")
         return tuple(w / total for w in weights)
 
     @property
@@ -297,4 +315,4 @@ class LossTerms:
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise SettingError(name, f"{name} must be one of {', '.join(choices)}; got {value!r}")
