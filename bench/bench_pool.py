@@ -79,9 +79,13 @@ class SleepEngine:
         return False
 
 
-def write_config(root: Path, workers: int, *, weights: Path | None, size: int, steps: int) -> Path:
+def write_config(
+    root: Path, workers: int, *, weights: Path | None, size: int, steps: int, threads: int | None
+) -> Path:
     (root / "inbox").mkdir(parents=True)
     engine = f"devices: [{', '.join(['cpu'] * workers)}], batch_size: 1, snapshot_seconds: 0"
+    if threads is not None:
+        engine += f", threads: {threads}"
     if weights is not None:
         engine += f", weights: {weights}, download: false"
     path = root / "config.yaml"
@@ -157,6 +161,7 @@ def main() -> None:
     parser.add_argument("--real", action="store_true", help="the real engine, random weights")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--threads", type=int, help="engine.threads per worker (default: shared)")
     args = parser.parse_args()
     logs.configure(level="warning")
     print(
@@ -175,7 +180,9 @@ def main() -> None:
         photos = max(args.workers) * args.photos_per_worker
         for n in args.workers:
             root = Path(tmp) / f"n{n}"
-            config = write_config(root, n, weights=weights, size=args.size, steps=args.steps)
+            config = write_config(
+                root, n, weights=weights, size=args.size, steps=args.steps, threads=args.threads
+            )
             seconds = run_burst(config, factory, photos, args.size)
             results[n] = photos / seconds
             print(f"N={n}: {photos} photos in {seconds:.2f} s = {results[n]:.2f} photos/s")
@@ -183,9 +190,7 @@ def main() -> None:
     engine = "real engine" if args.real else f"fake engine, {args.sleep:g} s per batch"
     print(f"\n{engine}; {photos} photos per run, batch_size 1")
     for n, rate in results.items():
-        print(
-            f"N={n}: {rate / base:.2f}x of N={min(results)} (fake engine goal >= {0.9 * n:.1f})"
-        )
+        print(f"N={n}: {rate / base:.2f}x of N={min(results)} (fake engine goal >= {0.9 * n:.1f})")
 
 
 if __name__ == "__main__":
