@@ -9,6 +9,7 @@ pass over the queue and the rescan) and the adoption of a journal's older jobs h
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import threading
@@ -59,13 +60,11 @@ def still_planned(config: Config, job: Job) -> WorkOrder | None:
 
 def _legacy_settings_hash(order: WorkOrder) -> str:
     """The identity that schema 2 (the release before work orders) gave the same settings."""
-    import hashlib
-
     key = repr((order.params, order.style_spec.images, order.format, order.quality))
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def adopt(journal: Journal, config: Config, paintings: PaintingIds | None = None) -> int:
+def adopt(journal: Journal, config: Config, bus: events.EventBus) -> int:
     """Give the queued and done jobs of an upgraded journal (schema 2, no orders) the orders
     the config plans for them; returns how many got one. A queued job the config no longer plans
     is cancelled, as a reload would; a done job stays done either way (the intake never redoes
@@ -75,7 +74,7 @@ def adopt(journal: Journal, config: Config, paintings: PaintingIds | None = None
         order = None
         decision = rules.decide(config, PurePosixPath(job.source))
         if isinstance(decision, rules.Plan):
-            for candidate in rules.orders(decision, job.source, job.fingerprint, paintings):
+            for candidate in rules.orders(decision, job.source, job.fingerprint):
                 if (
                     candidate.style == job.style
                     and _legacy_settings_hash(candidate) == job.settings_hash
@@ -84,7 +83,7 @@ def adopt(journal: Journal, config: Config, paintings: PaintingIds | None = None
         if journal.adopt(job.id, order):
             adopted += 1
         elif job.state is JobState.QUEUED:
-            log.info("job_cancelled", source=job.source, style=job.style, reason="config_changed")
+            bus.emit(events.JobCancelled(job.source, "config_changed", job=job.id, style=job.style))
     if adopted:
         log.info("journal_jobs_adopted", jobs=adopted)
     return adopted

@@ -186,7 +186,7 @@ class Service:
             stale_temporaries=cleaned,
         )
         self.journal = journal
-        adopt(journal, config)  # jobs of a journal from before work orders
+        adopt(journal, config, self.bus)  # jobs of a journal from before work orders
         if self.stop_event.is_set():
             return  # stopped while starting: nothing was taken, nothing to drain
         intake = Intake(
