@@ -349,7 +349,7 @@ def _estimate(args: argparse.Namespace) -> int:
     width, height = estimate.ASPECT
     try:
         for rule in config.rules:
-            for target in rule.targets:
+            for target in rule.outputs:
                 params = target.settings.params
                 line = (target.style_name, params.size, params.schedule())
                 if line in shown:
@@ -431,7 +431,7 @@ def _check(args: argparse.Namespace) -> int:
             problems.append(missing)
     sys.stdout.write(f"input: {config.input}\noutput: {config.output}\nstate: {config.state}\n")
     for rule in config.rules:
-        for target in rule.targets:
+        for target in rule.outputs:
             p = target.settings.params
             sys.stdout.write(
                 f"rule {rule.index}: {' | '.join(rule.match)} -> style {target.style_name} "

@@ -341,7 +341,7 @@ class Style:
 
 
 @dataclass(frozen=True)
-class Target:
+class StyleOutput:
     """One output of a rule: a style and the settings resolved for this (rule, style) pair."""
 
     style_name: str
@@ -357,7 +357,7 @@ class Rule:
     match: tuple[str, ...]
     styles: tuple[str, ...]
     output: OutputTemplate
-    targets: tuple[Target, ...]  # one per style, in the order of `styles`
+    outputs: tuple[StyleOutput, ...]  # one per style, in the order of `styles`
     # The rule's identity in the journal, the logs and `{rule}`: its `name:`, or one derived
     # from its match and styles, so that moving the rule in the list changes nothing.
     name: str = ""

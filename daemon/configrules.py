@@ -16,7 +16,7 @@ from daemon.config import (
     OutputTemplate,
     Rule,
     Style,
-    Target,
+    StyleOutput,
     name_rules,
 )
 from daemon.configchecks import STYLE_NAME
@@ -99,7 +99,7 @@ class RuleReader(StyleReader):
         if patterns is None or names is None:
             ok = False
             names = names or ()
-        targets: list[Target] = []
+        targets: list[StyleOutput] = []
         for name in names:
             settings = self.resolve(
                 [defaults, style_layers.get(name, {}), layer], fields["styles"][1], f"{key}.styles"
@@ -107,7 +107,7 @@ class RuleReader(StyleReader):
             if settings is None or name not in styles:
                 ok = False
             else:
-                targets.append(Target(name, styles[name].spec, settings, styles[name].credit))
+                targets.append(StyleOutput(name, styles[name].spec, settings, styles[name].credit))
         template = self.template(fields, node, key=key, names=names, targets=targets)
         if not ok or template is None or patterns is None:
             return None
@@ -117,7 +117,7 @@ class RuleReader(StyleReader):
             match=patterns,
             styles=tuple(names),
             output=template,
-            targets=tuple(targets),
+            outputs=tuple(targets),
             name=rule_name,
             overrides=MappingProxyType({k: s.value for k, s in layer.items()}),
             matcher=wcglob.compile(list(patterns), flags=MATCH_FLAGS),
@@ -175,7 +175,7 @@ class RuleReader(StyleReader):
         *,
         key: str,
         names: Sequence[str],
-        targets: Sequence[Target],
+        targets: Sequence[StyleOutput],
     ) -> OutputTemplate | None:
         if "output" in fields:
             node = fields["output"][1]

@@ -83,7 +83,7 @@ class Pool:
         styles = tuple(
             (target.style, target.settings.params)
             for rule in first.rules
-            for target in rule.targets
+            for target in rule.outputs
         )
         log_level, log_renderer = logs.current()
         self.slots: list[_Slot] = []

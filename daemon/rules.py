@@ -101,7 +101,7 @@ def plan(rule: Rule, relpath: PurePosixPath) -> Plan | Ignored:
     """The output files `rule` makes of the photo at `relpath`."""
     folder = relpath.parent.as_posix()
     outputs = []
-    for target in rule.targets:
+    for target in rule.outputs:
         pillow_format, ext = target.settings.output.resolve(relpath.suffix)
         try:
             # The template was checked at load; a real name can still render badly (a stem of

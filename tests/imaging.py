@@ -214,7 +214,6 @@ def marked(width: int, height: int) -> Image.Image:
     return image
 
 
-
 # --- HEIC and AVIF files, written by the libraries themselves ------------------------------------
 
 HAS_HEIC_DECODER = importlib.util.find_spec("pi_heif") is not None

@@ -60,9 +60,7 @@ def brokers(redis_server: RedisServer) -> Iterator[Any]:
 
 def take(broker: Broker, consumer: str) -> Delivery:
     """The next batch for `consumer`, waiting for one (a takeover needs the lease to run out)."""
-    return wait_until(
-        lambda: broker.next_batch(consumer, block_ms=50), f"a batch for {consumer}"
-    )
+    return wait_until(lambda: broker.next_batch(consumer, block_ms=50), f"a batch for {consumer}")
 
 
 def idle_ms(server: RedisServer, broker: Broker, entry_id: str) -> int:
@@ -326,7 +324,11 @@ def test_check_server(brokers: Any, redis_server: RedisServer) -> None:
 
     # A managed Redis that refuses CONFIG: said so, not guessed.
     client.acl_setuser(
-        "limited", enabled=True, passwords=["+secret"], keys=["*"], channels=["*"],
+        "limited",
+        enabled=True,
+        passwords=["+secret"],
+        keys=["*"],
+        channels=["*"],
         commands=["+@all", "-config"],
     )
     client.close()
@@ -359,7 +361,6 @@ def test_unreachable_redis_is_a_broker_error_naming_the_url(
 
     with pytest.raises(BrokerError, match="scheme"):
         Broker(BrokerSettings(url="http://127.0.0.1:6379"))
-
 
 
 def test_unregistering_keeps_the_consumer_of_a_worker_that_holds_a_batch(

@@ -160,7 +160,7 @@ def test_an_explicit_step_count_wins_over_the_budget_with_a_warning(
 
 
 def _params(path: Path) -> StyleParams:
-    return load_config(path).rules[0].targets[0].settings.params
+    return load_config(path).rules[0].outputs[0].settings.params
 
 
 def test_seconds_in_a_rule_beats_steps_in_the_defaults(tmp_path: Path) -> None:

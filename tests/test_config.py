@@ -103,9 +103,9 @@ def test_minimal_config_loads_as_it_reads(tmp_path: Path) -> None:
     assert first.match == ("booth1/**/*.jpg",)
     assert first.styles == ("starry", "blend")
     assert first.output.text == "{dir}/{stem}.{style}.{ext}"  # several styles: style in the name
-    assert [t.style_name for t in first.targets] == ["starry", "blend"]
+    assert [t.style_name for t in first.outputs] == ["starry", "blend"]
     assert second.output.text == "{dir}/{stem}.{ext}"  # one style: the same relative path
-    assert second.targets[0].settings.params == StyleParams(size=512, steps=300)
+    assert second.outputs[0].settings.params == StyleParams(size=512, steps=300)
 
 
 def test_config_objects_are_immutable(tmp_path: Path) -> None:
@@ -182,8 +182,8 @@ def test_setting_overrides_apply_defaults_then_style_then_rule(tmp_path: Path) -
         """,
     )
     big, other = config.rules
-    big_plain, big_fine = (t.settings for t in big.targets)
-    plain, fine = (t.settings for t in other.targets)
+    big_plain, big_fine = (t.settings for t in big.outputs)
+    plain, fine = (t.settings for t in other.outputs)
 
     assert (plain.params.size, plain.params.steps, plain.params.seed) == (300, 50, 7)
     assert (fine.params.size, fine.params.style_scale) == (400, 2.0)  # style beats defaults
@@ -446,7 +446,7 @@ def test_yaml_merge_keys_work(tmp_path: Path) -> None:
         """,
     )
     assert config.styles["big"].spec.images == config.styles["starry"].spec.images
-    assert [t.settings.params.size for t in config.rules[0].targets] == [300, 900]
+    assert [t.settings.params.size for t in config.rules[0].outputs] == [300, 900]
 
 
 def test_problem_without_line_renders_without_one() -> None:

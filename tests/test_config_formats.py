@@ -53,11 +53,11 @@ def test_metadata_layers_like_quality(tmp_path: Path) -> None:
 
     assert config.defaults.output.metadata == "minimal"
     booth, rest = config.rules
-    assert {t.style_name: t.settings.output.metadata for t in booth.targets} == {
+    assert {t.style_name: t.settings.output.metadata for t in booth.outputs} == {
         "starry": "private",
         "blend": "private",
     }
-    (starry,) = rest.targets
+    (starry,) = rest.outputs
     assert starry.settings.output.metadata == "full"
     plan = rules.decide(config, PurePosixPath("a.jpg"))
     assert isinstance(plan, rules.Plan)

@@ -46,9 +46,7 @@ rules:
     styles: [{names}]
     output: "{{dir}}/{{stem}}.{{style}}.{{ext}}"
 """
-CREDIT = (
-    "{artist: Vincent van Gogh, title: The Starry Night, year: 1889, licence: public domain}"
-)
+CREDIT = "{artist: Vincent van Gogh, title: The Starry Night, year: 1889, licence: public domain}"
 
 
 def formats_daemon(fleet: Fleet) -> Daemon:
@@ -59,9 +57,7 @@ def formats_daemon(fleet: Fleet) -> Daemon:
     )
     fleet.inbox.mkdir(parents=True, exist_ok=True)
     config = fleet.root / "config.yaml"
-    config.write_text(
-        CONFIG.format(weights=fleet.weights, styles=styles, names=", ".join(names))
-    )
+    config.write_text(CONFIG.format(weights=fleet.weights, styles=styles, names=", ".join(names)))
     daemon = Daemon(fleet.root, config)
     fleet.started.append(daemon)
     return daemon
@@ -91,9 +87,7 @@ def test_a_phones_heic_becomes_every_output_format_without_its_location(fleet: F
     expected.add("full/IMG_0002.jpg")
 
     daemon.start()
-    daemon.wait(
-        lambda: all((fleet.outbox / name).exists() for name in expected), "the outputs"
-    )
+    daemon.wait(lambda: all((fleet.outbox / name).exists() for name in expected), "the outputs")
     status = check_invariants(daemon, outbox=fleet.outbox, sources=sources, expected=expected)
     assert daemon.stop() == 0
 

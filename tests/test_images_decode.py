@@ -124,7 +124,6 @@ def test_decode_does_not_touch_the_source(tmp_path: Path, fmt: str, suffix: str)
     assert path.stat().st_mtime_ns == stat.st_mtime_ns
 
 
-
 # --- EXIF orientation ---------------------------------------------------------------------------
 
 

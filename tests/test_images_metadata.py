@@ -234,8 +234,6 @@ def test_metadata_is_a_frozen_value() -> None:
     assert metadata == Metadata(format="JPEG", size=(3, 2), exif=None)
 
 
-
-
 # --- what an output says: the disclosure, the credit, and the photo's metadata by policy ----------
 
 STARRY = Credit("Vincent van Gogh", "The Starry Night", "1889", "public domain")
@@ -350,7 +348,7 @@ def test_the_photos_caption_and_rights_stay_theirs_without_a_credit() -> None:
     packet = PHONE_XMP.replace(
         b"<dc:subject>",
         b'<dc:description><rdf:Alt><rdf:li xml:lang="x-default">Grandma at 90</rdf:li>'
-        b"</rdf:Alt></dc:description><dc:rights><rdf:Alt><rdf:li xml:lang=\"x-default\">"
+        b'</rdf:Alt></dc:description><dc:rights><rdf:Alt><rdf:li xml:lang="x-default">'
         b"(c) the family</rdf:li></rdf:Alt></dc:rights><dc:subject>",
     )
     metadata = Metadata(format="JPEG", size=(64, 48), exif=None, xmp=packet)

@@ -28,7 +28,7 @@ def test_presets_fix_scales_and_steps_and_fast_is_cheapest() -> None:
 
 def test_a_config_preset_expands_and_keys_beside_it_win(tmp_path: Path) -> None:
     config = load_config(one_rule_config(tmp_path, "{preset: fast, steps: 90, size: 256}"))
-    params = config.rules[0].targets[0].settings.params
+    params = config.rules[0].outputs[0].settings.params
     assert params.steps == 90  # explicit beats the preset in the same mapping
     assert params.scale_step_ratio == PRESETS["fast"]["scale_step_ratio"]
     assert params.size == 256
@@ -36,7 +36,7 @@ def test_a_config_preset_expands_and_keys_beside_it_win(tmp_path: Path) -> None:
 
 def test_a_rules_preset_overrides_the_defaults_steps(tmp_path: Path) -> None:
     config = load_config(one_rule_config(tmp_path, "{steps: 500}", "    preset: best\n"))
-    assert config.rules[0].targets[0].settings.params.steps == PRESETS["best"]["steps"]
+    assert config.rules[0].outputs[0].settings.params.steps == PRESETS["best"]["steps"]
 
 
 def test_an_unknown_preset_is_a_config_error_with_its_line(tmp_path: Path) -> None:
