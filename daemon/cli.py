@@ -215,6 +215,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     weights.set_defaults(handler=_weights_command)
 
+    worker = commands.add_parser(
+        "worker",
+        help="stylize for a coordinator on another host (broker.url), one process per GPU",
+        description="Take batches from Redis (the config's broker.url), stylize them on one "
+        "device, stage each artwork in the shared output and report it to the coordinator.",
+    )
+    _config_argument(worker)
+    worker.add_argument(
+        "--device", help="cpu, cuda or cuda:N (default: the config's engine.device)"
+    )
+    worker.add_argument(
+        "--name",
+        help="its name in Redis, unique among the workers and the same after a restart "
+        "(default HOST:DEVICE)",
+    )
+    worker.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    worker.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default="auto",
+        help="auto: console on a terminal, JSON lines otherwise (default)",
+    )
+    worker.set_defaults(handler=_worker)
+
     retry = commands.add_parser("retry", help="queue failed jobs again")
     _config_argument(retry)
     retry.set_defaults(handler=_retry)
@@ -282,6 +306,7 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     from daemon import logs
+    from daemon.broker import BrokerError, BrokerUnavailableError
     from daemon.errors import ConfigError
     from daemon.journal import JournalError
     from daemon.service import Service
@@ -312,9 +337,50 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(str(exc), ExitCode.CONFIG) from exc
     except JournalError as exc:
         raise CliError(str(exc), ExitCode.CONFIG) from exc
+    except BrokerUnavailableError as exc:  # Redis may come back: systemd tries again
+        raise CliError(str(exc), ExitCode.TEMPFAIL) from exc
+    except BrokerError as exc:  # another coordinator, or a Redis set up against the design
+        raise CliError(str(exc), ExitCode.CONFIG) from exc
     except errors.EngineError as exc:
         # The config was validated: what is left is the device (a GPU not ready yet at boot).
         # TEMPFAIL lets systemd restart the service; CONFIG (78) would stop it for good.
+        raise CliError(str(exc), ExitCode.TEMPFAIL) from exc
+    return ExitCode.OK
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from daemon import logs
+    from daemon.remote import RemoteWorker, engine_factory
+    from engine import errors
+
+    os.umask(0o022)  # staged artworks: readable by others, the coordinator's to rename
+    try:
+        logs.configure(level=args.log_level, renderer=args.log_format)
+    except ValueError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from exc
+    config = _load(args.config)
+    if config.broker.url is None:
+        raise CliError(
+            f"{args.config} has no broker.url: a worker takes its batches from the "
+            "coordinator's Redis (README: Several machines)",
+            ExitCode.CONFIG,
+        )
+    worker = RemoteWorker(
+        config,
+        args.device or config.engine.engine.device,
+        name=args.name,
+        factory=engine_factory(),
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, worker.request_stop)
+    try:
+        worker.run()
+    except errors.WeightsError as exc:
+        raise CliError(str(exc), ExitCode.CONFIG) from exc
+    except errors.EngineError as exc:  # the device (a GPU not ready yet): systemd tries again
         raise CliError(str(exc), ExitCode.TEMPFAIL) from exc
     return ExitCode.OK
 
@@ -526,6 +592,7 @@ def _status(args: argparse.Namespace) -> int:
         waiting = journal.waiting(args.failures)
     finally:
         journal.close()
+    workers = _remote_workers(_load(args.config, require_input=False))
     if args.json:
         sys.stdout.write(
             json.dumps(
@@ -555,6 +622,7 @@ def _status(args: argparse.Namespace) -> int:
                         }
                         for j in waiting
                     ],
+                    **({} if workers is None else {"workers": workers}),
                 },
                 indent=2,
             )
@@ -569,7 +637,42 @@ def _status(args: argparse.Namespace) -> int:
         )
     for job in failures:
         sys.stdout.write(f"failed {job.source} [{job.style}] {job.error_kind}: {job.last_error}\n")
+    for worker in workers or []:
+        if "error" in worker:
+            sys.stdout.write(f"workers: {worker['error']}\n")
+            continue
+        running = ", ".join(worker["running"]) or "idle"
+        sys.stdout.write(
+            f"worker {worker['name']} on {worker['host']} ({worker['device']}, pid "
+            f"{worker['pid']}): {running}\n"
+        )
     return ExitCode.OK
+
+
+def _remote_workers(config: Any) -> list[dict[str, Any]] | None:
+    """The live workers of a broker (None without one); one entry with `error` when Redis
+    cannot be asked: the journal's part of the status still counts."""
+    if config.broker.url is None:
+        return None
+    from daemon.broker import Broker, BrokerError, BrokerSettings
+
+    broker = Broker(BrokerSettings.from_config(config.broker))
+    try:
+        return [
+            {
+                "name": w.name,
+                "host": w.host,
+                "device": w.device,
+                "pid": w.pid,
+                "heartbeat": w.heartbeat,
+                "running": list(w.running),
+            }
+            for w in broker.workers()
+        ]
+    except BrokerError as exc:
+        return [{"error": str(exc)}]
+    finally:
+        broker.close()
 
 
 def _clock(epoch: float) -> str:

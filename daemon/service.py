@@ -23,6 +23,7 @@ import structlog
 
 from daemon import events
 from daemon.config import Config, load_config
+from daemon.coordinator import Coordinator
 from daemon.errors import ConfigError
 from daemon.hooks import HookRunner
 from daemon.intake import Intake, adopt, replan
@@ -99,7 +100,7 @@ class Service:
         self._stop_grace = stop_grace  # how long a running batch may finish before it is aborted
         self.stop_event = threading.Event()
         self._wake = threading.Event()  # wakes the main loop
-        self._pool: Pool | None = None
+        self._pool: Pool | Coordinator | None = None
         self._reload_requested = False
         self._stop_now = False  # a second stop signal: abort the running batches at once
         self._state_lost: str | None = None  # why the service stopped: its journal is gone
@@ -175,7 +176,8 @@ class Service:
 
     def _serve(self, journal: Journal) -> None:
         config = self.config
-        recovered = journal.recover()
+        # With a broker, dispatched jobs stay running: their reports may wait in Redis.
+        recovered = journal.recover() if config.broker.url is None else 0
         cleaned = clean_stale_temporaries(config.output)
         log.info(
             "service_starting",
@@ -197,15 +199,9 @@ class Service:
             reload=self._reload,
         )
         self._intake = intake
-        pool = Pool(
-            journal,
-            lambda: self.config,
-            engine_factory=self._engine_factory,
-            bus=self.bus,
-            source_missing=intake.source_missing,
-        )
+        pool = workers(self, journal, intake)
         self._pool = pool
-        pool.start()  # the models load; a bad checkpoint or no GPU raises here
+        pool.start()  # the models load (or the broker's lease is taken); a refusal raises here
         if self.stop_event.is_set():
             pool.close()  # SIGTERM while the models loaded: no batch may start now
             return
@@ -254,7 +250,9 @@ class Service:
             drain(pool, self._stop_grace, lambda: self._stop_now)
             pool.close()
 
-    def _main_loop(self, journal: Journal, watcher: Watcher, intake: Intake, pool: Pool) -> None:
+    def _main_loop(
+        self, journal: Journal, watcher: Watcher, intake: Intake, pool: Pool | Coordinator
+    ) -> None:
         ping_every = self._notifier.watchdog_interval()
         next_ping = next_status = next_state_check = next_beat = 0.0
         was_healthy = True
@@ -329,6 +327,34 @@ class Service:
         self._notifier.ready()
 
 
+def workers(service: Service, journal: Journal, intake: Intake) -> Pool | Coordinator:
+    """The local pool, or with `broker.url` the coordinator that feeds workers on other hosts
+    through Redis (daemon/coordinator.py)."""
+    if service.config.broker.url is not None:
+        return Coordinator(
+            journal,
+            lambda: service.config,
+            bus=service.bus,
+            source_missing=intake.source_missing,
+            lost=lambda why: lose_lease(service, why),
+            stopping=service.stop_event.is_set,
+        )
+    return Pool(
+        journal,
+        lambda: service.config,
+        engine_factory=service._engine_factory,
+        bus=service.bus,
+        source_missing=intake.source_missing,
+    )
+
+
+def lose_lease(service: Service, why: str) -> None:
+    """Another coordinator took over: the service stops (exit 78), as with a lost journal."""
+    service._state_lost = why
+    service.stop_event.set()
+    service._wake.set()
+
+
 def reloaded(path: Path, old: Config) -> Config:
     """The config at `path` read again, with the settings that need a restart kept as they
     were (and said so). Raises ConfigError, logged: the old config stays in force."""
@@ -386,7 +412,7 @@ def state_lost(journal: Journal, output: Path) -> str | None:
     return why
 
 
-def drain(pool: Pool, grace: float, hurry: Callable[[], bool]) -> None:
+def drain(pool: Pool | Coordinator, grace: float, hurry: Callable[[], bool]) -> None:
     """Let the running batches finish within the grace time; a second signal, or the end of
     the grace time, aborts them at their next step (their jobs go back to the queue)."""
     busy = pool.busy()

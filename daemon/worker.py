@@ -30,7 +30,7 @@ from daemon.progress import Report
 from daemon.snapshots import SnapshotStore
 from engine.params import Progress
 
-__all__ = ["Engine", "LocalLink", "Outcome", "Worker", "WorkerDiedError"]
+__all__ = ["Engine", "LocalLink", "Outcome", "Run", "Worker", "WorkerDiedError"]
 
 log = structlog.get_logger()
 
@@ -162,10 +162,10 @@ class Worker:
         return True
 
     def _process(self, config: Config, jobs: list[Job]) -> None:
-        left = [job for job in jobs if not self._reuse(config, job)]
+        left = [job for job in jobs if not self.reuse(config, job)]
         if not left:
             return
-        run = _Run(self, config, left)
+        run = Run(self, config, left)
         batch = Batch(
             tuple(Task(job.id, job.order) for job in left if job.order is not None),
             config.input,
@@ -225,7 +225,7 @@ class Worker:
         if reason == "source_removed" and self._source_missing is not None:
             self._source_missing(job.source)
 
-    def _reuse(self, config: Config, job: Job) -> bool:
+    def reuse(self, config: Config, job: Job) -> bool:
         """Deliver the artwork a done job already made of the same content in the same style and
         settings (a folder renamed after its photos were done) as a copy; False to compute it.
 
@@ -367,8 +367,9 @@ class Worker:
         self._bus.emit(event)
 
 
-class _Run:
-    """One batch's reports, applied by the worker: the Reporter the executor talks to.
+class Run:
+    """One batch's reports, applied by the worker: the Reporter the executor talks to (in a
+    worker process here, or on another host: daemon/coordinator.py relays its reports to this).
 
     A report that the journal refuses (its disk full, its lock held) fails that one job as
     passing trouble; if even that cannot be recorded, the job stays running and the service puts

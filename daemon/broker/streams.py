@@ -59,7 +59,8 @@ class Broker(Members):
             raise ValueError("a batch needs 'batch' (its id) and 'jobs' (a list)")
         data = json.dumps(batch, sort_keys=True, separators=(",", ":"))
         with self._calling("dispatching a batch"):
-            entry_id = self._redis.xadd(self.orders_key, {"batch": data})
+            # The id beside the batch: batch_ids() lists them without reading every order.
+            entry_id = self._redis.xadd(self.orders_key, {"batch": data, "id": str(batch["batch"])})
         return str(entry_id)
 
     def backlog(self) -> Backlog:
@@ -95,14 +96,25 @@ class Broker(Members):
 
     def entries(self) -> set[str]:
         """The ids of every batch Redis holds, to check many dispatched batches at once."""
-        ids: set[str] = set()
+        return set(self._listing())
+
+    def batch_ids(self) -> set[str]:
+        """The coordinator's ids ("batch") of every batch Redis holds (waiting or running)."""
+        return {str(fields.get("id", "")) for fields in self._listing().values()}
+
+    def _listing(self) -> dict[str, dict[str, str]]:
+        """Every entry of the orders stream, by entry id, with its fields but the batch's."""
+        found: dict[str, dict[str, str]] = {}
         start = "-"
         with self._calling("listing batches"):
             while True:
-                page = self._redis.xrange(self.orders_key, min=start, max="+", count=500)
+                page: Any = self._redis.xrange(self.orders_key, min=start, max="+", count=500)
                 if not page:
-                    return ids
-                ids.update(str(entry_id) for entry_id, _ in page)
+                    return found
+                for entry_id, fields in page:
+                    # A deleted entry still pending comes back without fields on Redis 6.2.
+                    kept = {str(k): str(v) for k, v in (fields or {}).items() if k != "batch"}
+                    found[str(entry_id)] = kept
                 start = "(" + str(page[-1][0])
 
     def next_batch(self, consumer: str, block_ms: int = 2000) -> Delivery | None:

@@ -1,0 +1,240 @@
+"""Several hosts on one machine: the real daemon as the coordinator, a real redis-server (on a
+Unix socket, append-only file on) and real `stylewatch worker` processes on the CPU, with a
+random-weight VGG19 and tiny photos. Each test kills a part with SIGKILL (a worker mid-batch,
+Redis, the coordinator) and then checks the promise: every photo exactly one output, nothing
+partial, sources untouched, the journal's counts matching the outputs.
+
+Leases are the shortest the config allows (5 s), so a takeover costs seconds; nothing asserts on
+time: each step waits on a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import STYLEWATCH, Daemon, Fleet, check_invariants, originals, photo, wait_until
+from redisharness import RedisServer
+
+from daemon.staging import STAGING_FOLDER
+
+TESTS = Path(__file__).resolve().parent
+# A photo of exactly this colour kills the worker that runs it (tests/hostsengine.py).
+POISON = (255, 0, 255)
+
+
+class Workers:
+    """`stylewatch worker` processes on one config; each logs JSON lines to its own file."""
+
+    def __init__(self, root: Path, config: Path) -> None:
+        self.root = root
+        self.config = config
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, env: dict[str, str] | None = None) -> None:
+        log = self.log(name)
+        before = self.count(name, "worker_up")
+        with log.open("ab") as handle:
+            self.procs[name] = subprocess.Popen(
+                [str(STYLEWATCH), "worker", "-c", str(self.config), "--device", "cpu",
+                 "--name", name, "--log-format", "json"],
+                stdout=handle,
+                stderr=handle,
+                env={**os.environ, **(env or {})},
+            )
+        wait_until(
+            lambda: self.count(name, "worker_up") > before or self.procs[name].poll() is not None,
+            f"worker {name} to be up",
+        )
+        assert self.procs[name].poll() is None, log.read_text()
+
+    def log(self, name: str) -> Path:
+        return self.root / f"worker-{name}.log"
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        path = self.log(name)
+        if not path.exists():
+            return []
+        lines = path.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def count(self, name: str, event: str) -> int:
+        return sum(e.get("event") == event for e in self.events(name))
+
+    def all_events(self) -> list[dict[str, Any]]:
+        return [e for name in self.procs for e in self.events(name)]
+
+    def kill(self, name: str) -> None:
+        self.procs[name].kill()
+        self.procs[name].wait()
+
+    def stop(self) -> None:
+        """SIGTERM to each live worker: each unregisters and exits 0."""
+        live = {n: p for n, p in self.procs.items() if p.poll() is None}
+        for proc in live.values():
+            proc.send_signal(signal.SIGTERM)
+        for name, proc in live.items():
+            assert proc.wait(timeout=120) == 0, self.log(name).read_text()[-3000:]
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def hosts(
+    tmp_path: Path,
+    vgg_checkpoint: Path,
+    style_files: tuple[Path, Path],
+    redis_server: RedisServer,
+) -> Iterator[tuple[Fleet, Workers, RedisServer]]:
+    fleet = Fleet(tmp_path, vgg_checkpoint, style_files)
+    workers = Workers(tmp_path, tmp_path / "config.yaml")
+    yield fleet, workers, redis_server
+    workers.close()
+    fleet.close()
+
+
+def coordinator(
+    fleet: Fleet, redis: RedisServer, *, steps: int, batch: int = 2, max_attempts: int = 3
+) -> Daemon:
+    daemon = fleet.daemon(settle=0.2, steps=steps, batch=batch)
+    with daemon.config.open("a") as f:
+        f.write(
+            f"broker: {{url: 'unix://{redis.socket}', lease_seconds: 5, "
+            f"max_attempts: {max_attempts}}}\n"
+            "retry: {first_delay: 1, max_delay: 2, max_attempts: 10}\n"
+        )
+    return daemon
+
+
+def burst(fleet: Fleet, n: int, prefix: str = "p") -> list[Path]:
+    return [
+        photo(fleet.inbox / f"{prefix}{i}.png", (20 * i % 250, 200 - 15 * i % 200, 90))
+        for i in range(n)
+    ]
+
+
+def all_done(daemon: Daemon, n: int) -> bool:
+    return daemon.status()["counts"].get("done", 0) == n
+
+
+def finish(daemon: Daemon, workers: Workers, fleet: Fleet, sources: list[Path], **kw: Any) -> None:
+    """Stop everything cleanly and check the promise."""
+    workers.stop()
+    assert daemon.stop() == 0, daemon.log.read_text()[-3000:]
+    status = check_invariants(
+        daemon,
+        outbox=fleet.outbox,
+        sources=originals(sources),
+        expected={p.name for p in sources} - {p.name for p in kw.get("rejected", [])},
+        rejected={p.name for p in kw.get("rejected", [])},
+    )
+    done = len(sources) - len(kw.get("rejected", []))
+    assert status["counts"] == {
+        k: v for k, v in {"done": done, "failed": len(kw.get("rejected", []))}.items() if v
+    }
+    staging = fleet.outbox / STAGING_FOLDER
+    assert not staging.exists() or list(staging.iterdir()) == []
+    assert not daemon.saw("coordinator_error")
+
+
+def test_a_burst_and_a_worker_killed_mid_batch(hosts: tuple[Fleet, Workers, RedisServer]) -> None:
+    fleet, workers, redis = hosts
+    daemon = coordinator(fleet, redis, steps=60)
+    daemon.start()
+    assert daemon.saw("coordinator_up")
+    for name in ("a", "b"):
+        workers.start(name)
+    sources = burst(fleet, 8)
+    # The first batch a worker takes: kill it in the middle (SIGKILL, no goodbye).
+    victim = wait_until(
+        lambda: next((n for n in ("a", "b") if workers.count(n, "batch_taken")), None),
+        "a worker to take a batch",
+    )
+    workers.kill(victim)
+    daemon.wait(lambda: all_done(daemon, len(sources)), "every photo", timeout=300)
+    survivor = "b" if victim == "a" else "a"
+    assert any(e.get("taken_over") for e in workers.events(survivor)), "no takeover"
+    # `stylewatch status` lists the live workers (the dead one until its registration expires).
+    listed = {w["name"]: w for w in daemon.status()["workers"]}
+    assert survivor in listed
+    assert all(w["host"] and w["device"] == "cpu" and w["pid"] for w in listed.values())
+    finish(daemon, workers, fleet, sources)
+
+
+def test_redis_and_the_coordinator_killed_and_restarted(
+    hosts: tuple[Fleet, Workers, RedisServer],
+) -> None:
+    fleet, workers, redis = hosts
+    daemon = coordinator(fleet, redis, steps=30)
+    daemon.start()
+    for name in ("a", "b"):
+        workers.start(name)
+    sources = burst(fleet, 6)
+    daemon.wait(lambda: daemon.saw("batch_dispatched"), "a dispatched batch")
+    redis.restart()  # kill -9, then start on its append-only file
+    first = burst(fleet, 3, prefix="q")
+    daemon.wait(lambda: daemon.count("job_done") >= 2, "work going on after Redis came back")
+    daemon.kill()  # the coordinator, kill -9, with batches out at the workers
+    restarted = fleet.again(daemon)
+    restarted.start()
+    sources += first
+    restarted.wait(lambda: all_done(restarted, len(sources)), "every photo", timeout=300)
+    assert restarted.saw("coordinator_up")
+    finish(restarted, workers, fleet, sources)
+
+
+def test_a_second_coordinator_is_refused(hosts: tuple[Fleet, Workers, RedisServer]) -> None:
+    fleet, _, redis = hosts
+    daemon = coordinator(fleet, redis, steps=1)
+    daemon.start()
+    other_root = fleet.root / "other"
+    other_root.mkdir()
+    text = daemon.config.read_text()
+    for key in ("input", "output", "state"):
+        text = text.replace(f"{key}: ", f"{key}: {fleet.root}/other-", 1)
+    (other_root / "config.yaml").write_text(text)
+    (fleet.root / "other-inbox").mkdir()
+    done = subprocess.run(
+        [str(STYLEWATCH), "run", "-c", str(other_root / "config.yaml"), "--log-format", "json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 78, done.stderr
+    assert "another coordinator" in done.stderr
+    assert daemon.stop() == 0
+
+
+def test_a_poison_photo_fails_after_max_attempts_and_the_others_finish(
+    hosts: tuple[Fleet, Workers, RedisServer],
+) -> None:
+    fleet, workers, redis = hosts
+    daemon = coordinator(fleet, redis, steps=1, batch=1, max_attempts=2)
+    daemon.start()
+    env = {
+        "STYLEWATCH_TEST_ENGINE": "hostsengine:killer_engine",
+        "PYTHONPATH": os.pathsep.join([os.environ.get("PYTHONPATH", ""), str(TESTS)]),
+    }
+    for name in ("a", "b", "c"):
+        workers.start(name, env=env)
+    sources = [*burst(fleet, 4), photo(fleet.inbox / "poison.png", POISON)]
+    poison = sources[-1]
+    daemon.wait(
+        lambda: daemon.status()["counts"] == {"done": 4, "failed": 1}, "the poison to fail",
+        timeout=300,
+    )
+    [failure] = daemon.status()["failures"]
+    assert failure["source"] == "poison.png"
+    assert failure["kind"] == "poison"
+    assert "more than broker.max_attempts (2)" in failure["error"]
+    dead = [n for n, p in workers.procs.items() if p.poll() is not None]
+    assert len(dead) == 2, "each of the first two deliveries killed its worker"
+    finish(daemon, workers, fleet, sources, rejected=[poison])
