@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,8 +118,10 @@ def coordinator(
 
 
 def burst(fleet: Fleet, n: int, prefix: str = "p") -> list[Path]:
+    """n photos of distinct content (the prefix shifts the colours: no reuse of an artwork)."""
+    blue = 90 + 40 * (ord(prefix) - ord("p"))
     return [
-        photo(fleet.inbox / f"{prefix}{i}.png", (20 * i % 250, 200 - 15 * i % 200, 90))
+        photo(fleet.inbox / f"{prefix}{i}.png", (20 * i % 250, 200 - 15 * i % 200, blue))
         for i in range(n)
     ]
 
@@ -191,6 +194,14 @@ def test_redis_and_the_coordinator_killed_and_restarted(
     restarted.wait(lambda: all_done(restarted, len(sources)), "every photo", timeout=300)
     assert restarted.saw("coordinator_up")
     finish(restarted, workers, fleet, sources)
+
+
+def test_the_coordinator_and_the_worker_command_load_without_torch() -> None:
+    code = "import sys, daemon.coordinator, daemon.remote; print('torch' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def test_a_second_coordinator_is_refused(hosts: tuple[Fleet, Workers, RedisServer]) -> None:
