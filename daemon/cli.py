@@ -505,10 +505,31 @@ def _check(args: argparse.Namespace) -> int:
                 f"{f'budget {p.seconds:g} s' if p.budgeted else f'steps {p.step_count}'}, "
                 f"format {target.settings.output.format})\n"
             )
+    if config.broker.url is not None:
+        problems += _check_broker(config)
     if problems:
         raise CliError("\n".join(problems), ExitCode.CONFIG)
     sys.stdout.write("config OK\n")
     return ExitCode.OK
+
+
+def _check_broker(config: Any) -> list[str]:
+    """What the Redis server of broker.url says against the design (the coordinator refuses
+    to start on an error); warnings are printed, errors returned as problems."""
+    from daemon.broker import Broker, BrokerError, BrokerSettings
+
+    broker = Broker(BrokerSettings.from_config(config.broker))
+    try:
+        check = broker.check_server()
+    except BrokerError as exc:
+        return [f"broker: {exc}"]
+    finally:
+        broker.close()
+    sys.stdout.write(f"broker: {broker.url} ({check.server} {check.version})\n")
+    for problem in check.problems:
+        if problem.level == "warning":
+            sys.stderr.write(f"stylewatch: warning: broker: {problem.message}\n")
+    return [f"broker: {p.message}" for p in check.problems if p.level == "error"]
 
 
 def _missing_weights(config_path: Path, engine: engine_params.EngineConfig) -> str:

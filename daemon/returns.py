@@ -30,7 +30,7 @@ __all__ = ["OWNER_PREFIX", "Returns"]
 log = structlog.get_logger()
 
 OWNER_PREFIX = "broker:"  # the journal's owner of a dispatched job: broker:<batch id>
-RESULTS_BLOCK_MS = 200  # the coordinator's pace while nothing comes back
+RESULTS_BLOCK_MS = 50  # the longest a freed worker waits for its next batch
 
 
 class Returns:

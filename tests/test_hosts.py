@@ -249,3 +249,24 @@ def test_a_poison_photo_fails_after_max_attempts_and_the_others_finish(
     dead = [n for n, p in workers.procs.items() if p.poll() is not None]
     assert len(dead) == 2, "each of the first two deliveries killed its worker"
     finish(daemon, workers, fleet, sources, rejected=[poison])
+
+
+def test_check_reads_the_redis_settings(hosts: tuple[Fleet, Workers, RedisServer]) -> None:
+    fleet, _, redis = hosts
+    daemon = coordinator(fleet, redis, steps=1)
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(STYLEWATCH), "check", "-c", str(daemon.config)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+
+    done = check()
+    assert done.returncode == 0, done.stderr
+    assert f"broker: unix://{redis.socket}" in done.stdout
+    client = redis.client()
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    client.close()
+    done = check()
+    assert done.returncode == 78
+    assert "noeviction" in done.stderr
