@@ -34,7 +34,13 @@ from typing import Any, cast
 
 import structlog
 
-from daemon.broker import Broker, BrokerSettings, BrokerUnavailableError, Delivery
+from daemon.broker import (
+    Broker,
+    BrokerError,
+    BrokerSettings,
+    BrokerUnavailableError,
+    Delivery,
+)
 from daemon.config import Config
 from daemon.executor import Batch, Executor, Outcome, Summary, Task
 from daemon.orders import OrderError, WorkOrder, hash_file
@@ -131,8 +137,16 @@ class RemoteWorker:
                     log.warning("broker_unavailable", error=str(exc), retry_in=RETRY_SECONDS)
                     self._stop.wait(RETRY_SECONDS)
                     continue
-                if delivery is not None:
+                if delivery is None:
+                    continue
+                try:
                     self._serve(executor, delivery)
+                except BrokerUnavailableError as exc:
+                    # Not acknowledged: it is taken over after its lease, and whatever it
+                    # reported already counts once (completion is idempotent).
+                    log.warning("broker_unavailable", error=str(exc), retry_in=RETRY_SECONDS)
+                except Exception:  # a bug: the batch is taken over after its lease
+                    log.exception("batch_error", worker=self.name, entry=delivery.entry_id)
         finally:
             self._stop.set()
             self._ended.set()
@@ -262,7 +276,7 @@ class _Reports:
         while self._queue:
             try:
                 self._broker.report(self._queue[0])
-            except BrokerUnavailableError as exc:
+            except BrokerError as exc:
                 if stop is None:
                     return False
                 log.warning("broker_unavailable", error=str(exc), retry_in=RETRY_SECONDS)

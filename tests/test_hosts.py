@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -270,3 +271,73 @@ def test_check_reads_the_redis_settings(hosts: tuple[Fleet, Workers, RedisServer
     done = check()
     assert done.returncode == 78
     assert "noeviction" in done.stderr
+
+
+def test_reports_complete_once_and_strays_are_removed(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The coordinator's side in this process: a result completes its job, the same result again
+    changes nothing, staged files no report will ask for go, a batch Redis lost is requeued."""
+    import threading
+
+    from harness import one_rule_config, order
+
+    from daemon import events
+    from daemon.broker import Broker, BrokerSettings
+    from daemon.config import load_config
+    from daemon.coordinator import _Remote
+    from daemon.journal import JobState, Journal
+    from daemon.returns import OWNER_PREFIX, Returns
+    from daemon.staging import staged_name, staging_folder
+    from daemon.worker import Worker
+
+    config = load_config(one_rule_config(tmp_path, "{size: 32}"))
+    journal = Journal.open(config.state)
+    broker = Broker(BrokerSettings(url=redis_server.url, lease_seconds=0.2))
+    worker = Worker(journal, _Remote(), lambda: config, name="coordinator", bus=events.EventBus())
+    staging = staging_folder(config.output)
+    staging.mkdir(parents=True)
+    returns = Returns(
+        journal, lambda: config, broker, worker, staging=staging, wake=threading.Event()
+    )
+    for source in ("a.png", "b.png"):
+        journal.enqueue(order(source, fingerprint=source, output=source))
+    [a] = journal.take(1, time.time(), worker=OWNER_PREFIX + "aaaaaaaaaaaaaaaa")
+    [b] = journal.take(1, time.time(), worker=OWNER_PREFIX + "bbbbbbbbbbbbbbbb")
+    png = (TESTS.parent / "samples" / "chelsea.png").read_bytes()
+
+    def report(job: int, batch: str) -> str:
+        name = staged_name(job, batch, "x.png")
+        (staging / name).write_bytes(png)
+        broker.report(
+            {"kind": "result", "batch": batch, "job": job, "staged": name, "summary": {}}
+        )
+        return name
+
+    broker.dispatch({"batch": "aaaaaaaaaaaaaaaa", "jobs": []})  # a's batch: held by Redis
+    first = report(a.id, "aaaaaaaaaaaaaaaa")
+    again = report(a.id, "aaaaaaaaaaaaaaaa")  # a taken-over batch's second result
+    wait_until(lambda: returns.apply_all() or journal.job(a.id).state is JobState.DONE, "a")
+    returns.apply_all()
+    assert journal.job(a.id).state is JobState.DONE
+    # One output (no `a~2.png` from the repeat), the staged bytes exactly.
+    assert sorted(p.name for p in config.output.iterdir() if p.is_file()) == ["a.png"]
+    assert (config.output / "a.png").read_bytes() == png
+    assert not (staging / first).exists()
+    assert not (staging / again).exists()
+    # A file of a running job stays; a stranger's of a job that ended goes.
+    kept = staged_name(b.id, "bbbbbbbbbbbbbbbb", "b.png")
+    stray = staged_name(a.id, "cccccccccccccccc", "a.png")
+    for name in (kept, stray):
+        (staging / name).write_bytes(b"x")
+    returns.sweep()
+    assert sorted(p.name for p in staging.iterdir()) == [kept]
+    # b's batch is not in Redis and no report comes: after a lease, b is queued again.
+    wait_until(
+        lambda: returns.check_lost() or journal.job(b.id).state is JobState.QUEUED,
+        "the lost batch to be requeued",
+    )
+    returns.sweep()
+    assert list(staging.iterdir()) == []
+    broker.close()
+    journal.close()
