@@ -64,7 +64,6 @@ class Coordinator:
         config: Callable[[], Config],
         *,
         bus: events.EventBus,
-        wake: threading.Event,
         source_missing: Callable[[str], None],
         lost: Callable[[str], None],
         stopping: Callable[[], bool] = lambda: False,
@@ -73,7 +72,6 @@ class Coordinator:
         assert first.broker.url is not None
         self._journal = journal
         self._config = config
-        self._wake = wake  # set by the intake when it queued something
         self._lost = lost  # told when another coordinator took the lease
         self._stopping = stopping
         self._settings = BrokerSettings.from_config(first.broker)
@@ -91,7 +89,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._returns = Returns(
-            journal, config, self._broker, self._worker, staging=self._staging, wake=wake
+            journal, config, self._broker, self._worker, staging=self._staging
         )
         self.device = "broker"
         self.precision = "remote"
@@ -138,6 +136,9 @@ class Coordinator:
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def wake(self) -> None:
+        """New jobs: nothing to do, the loop looks at the queue every turn (RESULTS_BLOCK_MS)."""
 
     def busy(self) -> list[str]:
         """Nothing runs here: remote batches go on without this process."""

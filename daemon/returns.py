@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,14 +43,12 @@ class Returns:
         worker: Worker,
         *,
         staging: Path,
-        wake: threading.Event,
     ) -> None:
         self._journal = journal
         self._config = config
         self._broker = broker
         self._worker = worker
         self._staging = staging
-        self._wake = wake
         self._lease = broker.settings.lease_seconds
         self._missing: dict[str, float] = {}  # batch id -> when it was first seen gone
         self._unapplied: list[ReportEntry] = []  # read, not yet in the journal (it failed)
@@ -112,7 +109,6 @@ class Returns:
                 str(report["reason"]),
                 None if next_limit is None else int(next_limit),
             )
-            self._wake.set()
         else:
             log.error("broker_report_unknown", kind=kind, batch=batch)
 
@@ -157,7 +153,6 @@ class Returns:
                 hint="Redis no longer holds it and no report came: queued again",
             )
             self._worker.release(jobs, "broker_lost", None)
-            self._wake.set()
 
     def sweep(self) -> None:
         """Delete staged files that no report will ask for: their job is not running in their

@@ -278,8 +278,6 @@ def test_reports_complete_once_and_strays_are_removed(
 ) -> None:
     """The coordinator's side in this process: a result completes its job, the same result again
     changes nothing, staged files no report will ask for go, a batch Redis lost is requeued."""
-    import threading
-
     from harness import one_rule_config, order
 
     from daemon import events
@@ -297,9 +295,7 @@ def test_reports_complete_once_and_strays_are_removed(
     worker = Worker(journal, _Remote(), lambda: config, name="coordinator", bus=events.EventBus())
     staging = staging_folder(config.output)
     staging.mkdir(parents=True)
-    returns = Returns(
-        journal, lambda: config, broker, worker, staging=staging, wake=threading.Event()
-    )
+    returns = Returns(journal, lambda: config, broker, worker, staging=staging)
     for source in ("a.png", "b.png"):
         journal.enqueue(order(source, fingerprint=source, output=source))
     [a] = journal.take(1, time.time(), worker=OWNER_PREFIX + "aaaaaaaaaaaaaaaa")
