@@ -172,6 +172,11 @@ def test_a_burst_and_a_worker_killed_mid_batch(hosts: tuple[Fleet, Workers, Redi
     listed = {w["name"]: w for w in daemon.status()["workers"]}
     assert survivor in listed
     assert all(w["host"] and w["device"] == "cpu" and w["pid"] for w in listed.values())
+    text = subprocess.run(
+        [str(STYLEWATCH), "status", "-c", str(daemon.config)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert f"worker {survivor} on " in text
     finish(daemon, workers, fleet, sources)
 
 
@@ -271,6 +276,19 @@ def test_check_reads_the_redis_settings(hosts: tuple[Fleet, Workers, RedisServer
     done = check()
     assert done.returncode == 78
     assert "noeviction" in done.stderr
+    # The coordinator refuses to start on it too; a worker without broker.url refuses at once.
+    daemon.launch()
+    assert daemon.proc is not None
+    assert daemon.proc.wait(timeout=120) == 78
+    assert "noeviction" in daemon.log.read_text()
+    plain = fleet.root / "plain.yaml"
+    plain.write_text(daemon.config.read_text().split("broker:")[0])
+    done = subprocess.run(
+        [str(STYLEWATCH), "worker", "-c", str(plain)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 78
+    assert "no broker.url" in done.stderr
 
 
 def test_reports_complete_once_and_strays_are_removed(
