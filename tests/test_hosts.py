@@ -177,6 +177,20 @@ def test_a_burst_and_a_worker_killed_mid_batch(hosts: tuple[Fleet, Workers, Redi
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     assert f"worker {survivor} on " in text
+    # SIGTERM in the middle of a batch: the worker finishes it, unregisters and exits 0.
+    workers.start("c")
+    taken = workers.count(survivor, "batch_taken")
+    second = burst(fleet, 4, prefix="r")
+    wait_until(lambda: workers.count(survivor, "batch_taken") > taken, "a batch for the survivor")
+    proc = workers.procs[survivor]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, workers.log(survivor).read_text()[-3000:]
+    # Every batch it took, the one it ran at SIGTERM included, it finished and acknowledged.
+    assert workers.count(survivor, "batch_acknowledged") == workers.count(survivor, "batch_taken")
+    assert workers.count(survivor, "worker_stopped") == 1
+    sources += second
+    daemon.wait(lambda: all_done(daemon, len(sources)), "the second wave", timeout=300)
+    assert survivor not in {w["name"] for w in daemon.status()["workers"]}
     finish(daemon, workers, fleet, sources)
 
 
