@@ -234,7 +234,7 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    """Several hosts: the work goes through Redis Streams (daemon/broker.py) when `url` is set."""
+    """Several hosts: the work goes through Redis Streams (daemon/broker/) when `url` is set."""
 
     url: str | None = field(
         default=None,

@@ -1,4 +1,4 @@
-"""daemon/broker.py against a real redis-server (tests/redisharness.py): dispatch, leases,
+"""daemon/broker/ against a real redis-server (tests/redisharness.py): dispatch, leases,
 takeover, poison batches, the coordinator's lease, kill -9 of Redis, server checks and errors.
 
 Leases are short (fractions of a second) so that takeovers happen quickly; nothing asserts on
