@@ -183,3 +183,57 @@ def _remove_quietly(path: Path) -> None:
         return
     except OSError as exc:
         log.warning("temporary_not_removed", path=str(path), error=str(exc))
+
+
+class OutputBlockedError(OSError):
+    """Something that is not ours stands where an output or its folder must go."""
+
+
+def publish(root: Path, claimed: str, data: bytes, *, ours: Callable[[], bool]) -> None:
+    """write_atomic of a new output at `root / claimed`, telling an output written before a crash
+    (`ours()`: the same content's, so the job is done) from a path that is blocked by something
+    else (a file where a folder should be): the latter raises OutputBlockedError and is retried
+    until the path is free."""
+    target = root / claimed
+    try:
+        write_atomic(target, data, overwrite=False)
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocker = _blocker(root, target)
+        if blocker is not None:
+            raise OutputBlockedError(
+                f"cannot write {target}: {blocker} is in the way (a file where a folder "
+                "should be); move it away and the photo is written at the next try"
+            ) from exc
+        if isinstance(exc, NotADirectoryError) or not ours():
+            raise
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of a regular file, never through a symlink planted at its name."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
+        return f.read()
+
+
+def _blocker(root: Path, target: Path) -> Path | None:
+    """The first path from the output folder down to `target`'s folder that exists and is not
+    a folder, or `target` itself when it is neither a file nor absent (a folder, a socket)."""
+    folders = [target.parent, *target.parent.parents]
+    for folder in reversed(folders):
+        if not folder.is_relative_to(root.parent):
+            continue
+        try:
+            mode = folder.lstat().st_mode
+        except FileNotFoundError:
+            return None  # nothing in the way from here down: the folders can be made
+        except OSError:
+            continue
+        if not stat.S_ISDIR(mode):
+            return folder
+    try:
+        mode = target.lstat().st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else target

@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol, cast
 
 import structlog
 
 from daemon import events
-from daemon.config import Config
+from daemon.config import Config, RetrySettings
 from daemon.executor import Batch, Engine, Executor, Outcome, Reporter, Summary, Task
 from daemon.journal import Job, Journal, JournalError, backoff_seconds, streak_delay
-from daemon.outputs import write_atomic
+from daemon.outputs import OutputBlockedError, publish, read_regular
 from daemon.progress import Report
 from daemon.snapshots import SnapshotStore
 from engine.params import Progress
@@ -241,7 +239,7 @@ class Worker:
             return False
         previous = done.output
         try:
-            data = _read_regular(config.output / previous)
+            data = read_regular(config.output / previous)
         except OSError:
             return False  # moved, deleted or replaced meanwhile: make it anew
         claimed = self._deliver(config, job, data)
@@ -261,7 +259,13 @@ class Worker:
                 # says no; link() would then fail and the job pass as done with no output).
                 taken=lambda rel: os.path.lexists(config.output / rel),
             )
-            self._publish(config.output, config.output / claimed, data, claimed, job)
+            publish(
+                config.output,
+                claimed,
+                data,
+                # Written before a crash that came before mark_done: the same content's output.
+                ours=lambda: self._journal.output_owner(claimed) == (job.source, job.fingerprint),
+            )
         except OutputBlockedError as exc:
             self.fail(job, str(exc), "output_blocked", Outcome.PASSING)
             return None
@@ -274,25 +278,6 @@ class Worker:
                 self.fail(job, str(exc), "io", Outcome.PASSING)
             return None
         return claimed
-
-    def _publish(self, root: Path, target: Path, data: bytes, claimed: str, job: Job) -> None:
-        """write_atomic, telling an output written before a crash (done) from a path that is
-        blocked by something else (a file where a folder should be): the latter raises
-        OutputBlockedError and is retried until the path is free."""
-        try:
-            write_atomic(target, data, overwrite=False)
-        except (FileExistsError, NotADirectoryError) as exc:
-            blocker = _blocker(root, target)
-            if blocker is not None:
-                raise OutputBlockedError(
-                    f"cannot write {target}: {blocker} is in the way (a file where a folder "
-                    "should be); move it away and the photo is written at the next try"
-                ) from exc
-            if isinstance(exc, NotADirectoryError):
-                raise
-            # Written before a crash that came before mark_done: the same content's output.
-            if self._journal.output_owner(claimed) != (job.source, job.fingerprint):
-                raise
 
     def release(self, jobs: list[Job], reason: str, next_limit: int | None) -> None:
         for job in jobs:
@@ -308,17 +293,8 @@ class Worker:
         self._bus.emit(events.JobsReleased(tuple(j.id for j in jobs), reason))
 
     def fail(self, job: Job, error: str, kind: str, outcome: Outcome) -> None:
-        retry = self._config().retry
         now = self._wall()
-        if outcome is Outcome.PERMANENT:
-            retry_at = None
-        elif outcome is Outcome.PASSING:
-            streak = now - (job.first_failure if job.first_failure is not None else now)
-            retry_at = now + streak_delay(streak, first=retry.first_delay, cap=retry.max_delay)
-        else:
-            retry_at = now + backoff_seconds(
-                max(1, job.attempts), base=retry.first_delay, cap=retry.max_delay
-            )
+        retry_at = next_try(job, outcome, self._config().retry, now)
         after = self._journal.mark_failed(
             job.id,
             error,
@@ -327,37 +303,9 @@ class Worker:
             retry_at=retry_at,
             transient=outcome is Outcome.PASSING,
         )
-        failed = after.state.value == "failed"
-        if failed:
+        if after.state.value == "failed":
             self._forget_snapshot(job)
-        failing_for = None if after.first_failure is None else round(now - after.first_failure, 1)
-        if failed:
-            self._bus.emit(
-                events.JobFailed(
-                    job=job.id,
-                    source=job.source,
-                    output=job.output,
-                    rule=job.rule,
-                    style=job.style,
-                    kind=kind,
-                    error=error,
-                    attempts=after.attempts,
-                    failing_for=failing_for,
-                )
-            )
-        else:
-            self._bus.emit(
-                events.JobRetry(
-                    job=job.id,
-                    source=job.source,
-                    style=job.style,
-                    kind=kind,
-                    error=error,
-                    attempts=after.attempts,
-                    retry_in=None if retry_at is None else round(retry_at - now, 1),
-                    failing_for=failing_for,
-                )
-            )
+        self._bus.emit(failure_event(job, after, kind, error, retry_at=retry_at, now=now))
 
     def _forget_snapshot(self, job: Job) -> None:
         if self._snapshots is not None:
@@ -481,36 +429,42 @@ class Run:
             self._guard(self._jobs[job_id], lambda j: self._worker.release([j], "unreported", None))
 
 
-def _read_regular(path: Path) -> bytes:
-    """The bytes of a regular file, never through a symlink planted at its name."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
-        return f.read()
-
-
-class OutputBlockedError(OSError):
-    """Something that is not ours stands where an output or its folder must go."""
-
-
-def _blocker(root: Path, target: Path) -> Path | None:
-    """The first path from the output folder down to `target`'s folder that exists and is not
-    a folder, or `target` itself when it is neither a file nor absent (a folder, a socket)."""
-    folders = [target.parent, *target.parent.parents]
-    for folder in reversed(folders):
-        if not folder.is_relative_to(root.parent):
-            continue
-        try:
-            mode = folder.lstat().st_mode
-        except FileNotFoundError:
-            return None  # nothing in the way from here down: the folders can be made
-        except OSError:
-            continue
-        if not stat.S_ISDIR(mode):
-            return folder
-    try:
-        mode = target.lstat().st_mode
-    except OSError:
+def next_try(job: Job, outcome: Outcome, retry: RetrySettings, now: float) -> float | None:
+    """When a failed job is tried again: never (a permanent failure), after a wait that grows
+    with the streak of passing trouble, or after a back-off per attempt (an unknown error)."""
+    if outcome is Outcome.PERMANENT:
         return None
-    return None if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else target
+    if outcome is Outcome.PASSING:
+        streak = now - (job.first_failure if job.first_failure is not None else now)
+        return now + streak_delay(streak, first=retry.first_delay, cap=retry.max_delay)
+    return now + backoff_seconds(max(1, job.attempts), base=retry.first_delay, cap=retry.max_delay)
+
+
+def failure_event(
+    job: Job, after: Job, kind: str, error: str, *, retry_at: float | None, now: float
+) -> events.JobFailed | events.JobRetry:
+    """What a failure means to the subscribers: the job failed for good, or it waits to be
+    tried again (`after` is the job as the journal now has it)."""
+    failing_for = None if after.first_failure is None else round(now - after.first_failure, 1)
+    if after.state.value == "failed":
+        return events.JobFailed(
+            job=job.id,
+            source=job.source,
+            output=job.output,
+            rule=job.rule,
+            style=job.style,
+            kind=kind,
+            error=error,
+            attempts=after.attempts,
+            failing_for=failing_for,
+        )
+    return events.JobRetry(
+        job=job.id,
+        source=job.source,
+        style=job.style,
+        kind=kind,
+        error=error,
+        attempts=after.attempts,
+        retry_in=None if retry_at is None else round(retry_at - now, 1),
+        failing_for=failing_for,
+    )

@@ -24,14 +24,12 @@ OVERSIZED_FILES = frozenset(
     {
         "daemon/journal.py",
         "daemon/cli.py",
-        "daemon/worker.py",
     }
 )
 OVERSIZED_CLASSES = frozenset(
     {
         "daemon/journal.py:Journal",
         "daemon/watcher.py:Watcher",
-        "daemon/worker.py:Worker",
     }
 )
 

@@ -195,7 +195,7 @@ def test_a_full_disk_is_retried_and_the_output_folder_keeps_no_partial_file(
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("daemon.worker.write_atomic", full)
+    monkeypatch.setattr("daemon.outputs.write_atomic", full)
     worker.run_once()
     (job,) = journal.jobs()
     assert (job.state, job.error_kind) == (JobState.QUEUED, "io")
