@@ -11,7 +11,7 @@ from harness import one_rule_config
 from PIL import Image
 from structlog.testing import capture_logs
 
-from daemon import cli, rules
+from daemon import cli, clistylize, rules
 from daemon.config import load_config
 from daemon.errors import ConfigError
 from daemon.journal import Journal
@@ -198,7 +198,7 @@ def test_the_cli_takes_seconds_and_a_preset_shapes_it() -> None:
         args = cli.build_parser().parse_args(
             ["stylize", "a.jpg", "-s", "p.jpg", "-o", "o.jpg", *extra]
         )
-        return cli._style_params(args)
+        return clistylize.style_params(args)
 
     budget = parse("--seconds", "5", "--preset", "fast")
     assert (budget.seconds, budget.steps, budget.scale_step_ratio) == (5.0, None, 3.0)
