@@ -285,6 +285,7 @@ def _run(args: argparse.Namespace) -> int:
     from daemon.errors import ConfigError
     from daemon.journal import JournalError
     from daemon.service import Service
+    from daemon.worker import WorkerDiedError
     from engine import errors
 
     # Outputs and the journal are readable by others but writable only by the service user.
@@ -316,9 +317,10 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(str(exc), ExitCode.TEMPFAIL) from exc
     except BrokerError as exc:  # another coordinator, or a Redis set up against the design
         raise CliError(str(exc), ExitCode.CONFIG) from exc
-    except errors.EngineError as exc:
-        # The config was validated: what is left is the device (a GPU not ready yet at boot).
-        # TEMPFAIL lets systemd restart the service; CONFIG (78) would stop it for good.
+    except (errors.EngineError, WorkerDiedError) as exc:
+        # The config was validated: what is left is the device (a GPU not ready yet at boot) or
+        # a worker process that died while its model loaded. TEMPFAIL lets systemd restart the
+        # service; CONFIG (78) would stop it for good.
         raise CliError(str(exc), ExitCode.TEMPFAIL) from exc
     return ExitCode.OK
 
