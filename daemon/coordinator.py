@@ -37,11 +37,11 @@ from daemon.broker import (
     CoordinatorBusyError,
 )
 from daemon.config import Config
-from daemon.executor import Outcome
+from daemon.executor import Batch, Outcome, Reporter
 from daemon.journal import Job, JobState, Journal, JournalError
 from daemon.returns import OWNER_PREFIX, Returns
 from daemon.staging import staging_folder
-from daemon.worker import ProcessLinkBase, Worker
+from daemon.worker import Worker
 
 __all__ = ["OWNER_PREFIX", "Coordinator"]
 
@@ -50,8 +50,18 @@ log = structlog.get_logger()
 CHECK_SECONDS = 2.0  # how often lost batches and stray staged files are looked for
 
 
-class _Remote(ProcessLinkBase):
-    """The coordinator's worker runs nothing itself: its executors are on other hosts."""
+class _Remote:
+    """The coordinator's worker runs nothing itself: its executors are on other hosts (the
+    coordinator relays their reports to worker.Run)."""
+
+    def run(self, batch: Batch, reporter: Reporter, should_stop: Callable[[], bool]) -> None:
+        raise NotImplementedError("the coordinator's batches run on remote workers")
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
 
 
 class Coordinator:
@@ -88,9 +98,7 @@ class Coordinator:
         self._staging = staging_folder(first.output)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._returns = Returns(
-            journal, config, self._broker, self._worker, staging=self._staging
-        )
+        self._returns = Returns(journal, config, self._broker, self._worker, staging=self._staging)
         self.device = "broker"
         self.precision = "remote"
         self.graphs = False
@@ -116,7 +124,9 @@ class Coordinator:
         for job in self._journal.jobs(JobState.RUNNING):
             if not (job.worker or "").startswith(OWNER_PREFIX):
                 self._worker.fail(
-                    job, "the service stopped while running this job", "interrupted",
+                    job,
+                    "the service stopped while running this job",
+                    "interrupted",
                     Outcome.UNKNOWN,
                 )
         log.info(
@@ -237,7 +247,9 @@ class Coordinator:
                     self._journal.release(job.id)
                 raise
             log.info(
-                "batch_dispatched", batch=batch, style=left[0].style,
+                "batch_dispatched",
+                batch=batch,
+                style=left[0].style,
                 sources=[job.source for job in left],
             )
 
@@ -257,9 +269,7 @@ class Coordinator:
         }
 
 
-def take_lease(
-    broker: Broker, owner: str, lease: float, stopping: Callable[[], bool]
-) -> None:
+def take_lease(broker: Broker, owner: str, lease: float, stopping: Callable[[], bool]) -> None:
     """The coordinator's lease, waiting at most one lease for a holder that stopped renewing
     it (a coordinator killed a moment ago); one on this host whose process is gone is cleared.
     Raises CoordinatorBusyError when the holder kept renewing it."""

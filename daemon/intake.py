@@ -119,7 +119,6 @@ class Intake:
         self._paintings = PaintingIds()
         self._pause = _Pause()
         self._thread: threading.Thread | None = None
-        self.heartbeat = time.monotonic()
 
     # -- the thread ------------------------------------------------------------------------------
 
@@ -148,7 +147,6 @@ class Intake:
     def _run(self) -> None:
         next_counts = 0.0
         while not self._stop.is_set():
-            self.heartbeat = time.monotonic()
             try:
                 if self._reload_requested:
                     self._reload_requested = False

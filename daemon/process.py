@@ -25,7 +25,7 @@ from daemon import logs
 from daemon.executor import Batch, Engine, Executor, Outcome, Reporter, Summary
 from daemon.progress import Report
 from daemon.snapshots import SnapshotStore
-from daemon.worker import ProcessLinkBase, WorkerDiedError
+from daemon.worker import WorkerDiedError
 from engine.params import EngineConfig, Progress, StyleParams, StyleSpec
 
 __all__ = ["EngineFactory", "WorkerProcess", "WorkerSpec", "child_main", "real_engine"]
@@ -58,7 +58,7 @@ class WorkerSpec:
     styles: tuple[tuple[StyleSpec, StyleParams], ...] = ()  # loaded at start to report problems
 
 
-class WorkerProcess(ProcessLinkBase):
+class WorkerProcess:
     """A worker process and the pipe to it; `run` sends a batch and relays its reports."""
 
     def __init__(self, spec: WorkerSpec, *, stuck_seconds: float) -> None:

@@ -128,8 +128,14 @@ class RemoteWorker:
         try:
             self._register()
             keeper.start()
-            log.info("worker_up", worker=self.name, host=self.host, device=self.device,
-                     pid=os.getpid(), broker=self._broker.url)
+            log.info(
+                "worker_up",
+                worker=self.name,
+                host=self.host,
+                device=self.device,
+                pid=os.getpid(),
+                broker=self._broker.url,
+            )
             while not self._stop.is_set():
                 try:
                     delivery = self._broker.next_batch(self.name, block_ms=1000)
@@ -292,8 +298,14 @@ class _Reports:
     def progress(self, jobs: tuple[int, ...], progress: Progress, report: Report | None) -> None:
         """Progress stays on this host (its log); the lease keeper says it is alive."""
         if report is not None:
-            log.info("job_progress", jobs=list(jobs), step=progress.step, steps=progress.steps,
-                     percent=report.percent, worker=self._worker)
+            log.info(
+                "job_progress",
+                jobs=list(jobs),
+                step=progress.step,
+                steps=progress.steps,
+                percent=report.percent,
+                worker=self._worker,
+            )
 
     def result(self, job: int, data: bytes, summary: Summary) -> None:
         order = self.orders[job]
@@ -315,4 +327,3 @@ class _Reports:
         if self._lost.is_set():
             return  # aborted because another worker took the batch over: its jobs run there
         self._send("released", jobs=list(jobs), reason=reason, next_limit=next_limit)
-

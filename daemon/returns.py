@@ -161,9 +161,7 @@ class Returns:
             names = [entry.name for entry in os.scandir(self._staging)]
         except FileNotFoundError:
             return
-        running = {
-            (job.id, batch) for batch, jobs in self.dispatched().items() for job in jobs
-        }
+        running = {(job.id, batch) for batch, jobs in self.dispatched().items() for job in jobs}
         for name in names:
             found = owner(name)
             if found is not None and found in running:

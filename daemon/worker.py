@@ -50,19 +50,6 @@ class Link(Protocol):
     def close(self) -> None: ...
 
 
-class ProcessLinkBase:
-    """Marks a link to a worker process (daemon/pool.py), to tell it from an engine."""
-
-    def run(self, batch: Batch, reporter: Reporter, should_stop: Callable[[], bool]) -> None:
-        raise NotImplementedError
-
-    def alive(self) -> bool:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
 class LocalLink:
     """The executor in this process (tests, and tools that embed the daemon)."""
 
@@ -104,9 +91,9 @@ class Worker:
         self._journal = journal
         # An engine given directly runs in this process (tests); the pool gives a process link.
         self._link: Link = (
-            link
-            if isinstance(link, LocalLink | ProcessLinkBase)
-            else LocalLink(Executor(cast(Engine, link), snapshots))
+            LocalLink(Executor(cast(Engine, link), snapshots))
+            if hasattr(link, "stylize_batch")
+            else link
         )
         self._config = config
         self._wall = wall
@@ -118,8 +105,6 @@ class Worker:
         self._snapshots = snapshots  # the parent deletes a job's snapshot when the job ends
         self.current: tuple[str, ...] = ()  # the sources of the running batch
         self._batch_limit: int | None = None  # lowered after running out of memory
-        self.heartbeat = time.monotonic()  # last sign of life, for the watchdog and the pool
-        self.busy = False
 
     def abort(self) -> None:
         """Stop the running batch at its next step; its jobs go back to the queue."""
@@ -134,7 +119,6 @@ class Worker:
             live = {j.id for j in self._journal.jobs() if j.state.value in ("queued", "running")}
             self._snapshots.prune(live)
         while not stop.is_set():
-            self.heartbeat = time.monotonic()
             if not self._link.alive():
                 raise WorkerDiedError(f"worker process {self.name} ended while idle")
             if not self.run_once():
@@ -150,12 +134,10 @@ class Worker:
         jobs = self._journal.take(limit, self._wall(), worker=self.name)
         if not jobs:
             return False
-        self.busy = True
         self.current = tuple(job.source for job in jobs)
         try:
             self._process(config, jobs)
         finally:
-            self.busy = False
             self.current = ()
         return True
 
@@ -165,6 +147,7 @@ class Worker:
             return
         run = Run(self, config, left)
         batch = Batch(
+            # take() gives only jobs with an order (those of an upgraded journal wait for theirs).
             tuple(Task(job.id, job.order) for job in left if job.order is not None),
             config.input,
             config.engine.snapshot_seconds,
@@ -320,8 +303,8 @@ class Run:
     worker process here, or on another host: daemon/coordinator.py relays its reports to this).
 
     A report that the journal refuses (its disk full, its lock held) fails that one job as
-    passing trouble; if even that cannot be recorded, the job stays running and the service puts
-    it back once the journal works again (service.py's worker loop)."""
+    passing trouble; if even that cannot be recorded, the job stays running and the pool puts it
+    back once the journal works again (pool.py's _requeue)."""
 
     def __init__(self, worker: Worker, config: Config, jobs: list[Job]) -> None:
         self._worker = worker
@@ -330,15 +313,9 @@ class Run:
         self._open = set(self._jobs)  # jobs with no report yet
         self._started = time.perf_counter()
         self.out_of_memory = False
-        for job in jobs:
-            if job.order is None:  # cannot happen: take() skips jobs without an order
-                self._guard(
-                    job, lambda j: worker.fail(j, "no work order", "internal", Outcome.PERMANENT)
-                )
 
     def _guard(self, job: Job, apply: Callable[[Job], None]) -> None:
         self._open.discard(job.id)
-        self._worker.heartbeat = time.monotonic()
         try:
             apply(job)
         except JournalError as exc:
@@ -349,7 +326,6 @@ class Run:
                 log.warning("journal_unwritable", source=job.source, error=str(exc))
 
     def started(self, jobs: tuple[int, ...], steps: int, scales: int) -> None:
-        self._worker.heartbeat = time.monotonic()
         log.info(
             "batch_started",
             worker=self._worker.name,
@@ -366,7 +342,6 @@ class Run:
             )
 
     def progress(self, jobs: tuple[int, ...], progress: Progress, report: Report | None) -> None:
-        self._worker.heartbeat = time.monotonic()
         self._worker.emit(
             events.JobProgress(
                 jobs=jobs,
@@ -410,7 +385,6 @@ class Run:
             self.out_of_memory = True
         for job_id in jobs:
             self._open.discard(job_id)
-        self._worker.heartbeat = time.monotonic()
         self._worker.release([self._jobs[j] for j in jobs], reason, next_limit)
 
     def died(self, why: str) -> None:

@@ -171,10 +171,8 @@ class BrokerClient:
             )
         return ServerCheck(server, version, tuple(problems))
 
-
     def _server_time(self) -> float:
         """Redis's clock: heartbeats written by hosts with skewed clocks compare on one clock."""
         with self._calling("TIME"):
             seconds, micros = self._redis.time()
         return int(seconds) + int(micros) / 1e6
-

@@ -178,4 +178,3 @@ class Members(BrokerClient):
                     self._redis.xgroup_delconsumer(self.orders_key, ORDERS_GROUP, name)
 
         self._grouped(f"removing consumer {name}", forget)
-

@@ -172,4 +172,3 @@ def ms(seconds: float) -> int:
 
 def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".") if part.isdigit())
-
