@@ -29,7 +29,7 @@ from daemon.config import Config
 from daemon.executor import Outcome
 from daemon.journal import Journal, JournalError, backoff_seconds
 from daemon.process import EngineFactory, WorkerProcess, WorkerSpec, real_engine
-from daemon.snapshots import SnapshotStore
+from daemon.snapshots import FOLDER, SnapshotStore
 from daemon.worker import Worker, WorkerDiedError
 
 __all__ = ["EngineFactory", "Pool", "real_engine", "resolve_devices"]
@@ -87,7 +87,7 @@ class Pool:
         )
         log_level, log_renderer = logs.current()
         self.slots: list[_Slot] = []
-        snapshots = SnapshotStore(first.state / "snapshots")
+        snapshots = SnapshotStore(first.state / FOLDER)
         for index, device in enumerate(devices):
             spec = WorkerSpec(
                 name=f"worker-{index}",

@@ -24,7 +24,7 @@ import structlog
 from daemon import logs
 from daemon.executor import Batch, Engine, Executor, Outcome, Reporter, Summary
 from daemon.progress import Report
-from daemon.snapshots import SnapshotStore
+from daemon.snapshots import FOLDER, SnapshotStore
 from daemon.worker import WorkerDiedError
 from engine.params import EngineConfig, Progress, StyleParams, StyleSpec
 
@@ -260,7 +260,7 @@ def child_main(conn: multiprocessing.connection.Connection, abort: Any, spec: Wo
             engine.prepare_style(style, params)
         except Exception as exc:  # a broken painting is reported; its jobs retry later
             log.error("style_unusable", style=style.name, error=str(exc))
-    executor = Executor(engine, SnapshotStore(spec.state / "snapshots"))
+    executor = Executor(engine, SnapshotStore(spec.state / FOLDER))
     conn.send(
         (
             "ready",
